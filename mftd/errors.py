@@ -1,0 +1,45 @@
+"""Every error the daemon core raises on purpose. Messages say what was found, what was expected, and how to fix it."""
+
+from __future__ import annotations
+
+
+class MftdError(Exception):
+    """Base of all mftd errors."""
+
+
+class NotFoundError(MftdError):
+    """A model, dataset or job id that does not exist."""
+
+
+class InvalidTransitionError(MftdError):
+    """A job status change that the state machine does not allow."""
+
+    def __init__(self, job_id: int, current: str, requested: str, allowed: list[str]):
+        self.job_id = job_id
+        self.current = current
+        self.requested = requested
+        self.allowed = allowed
+        allowed_text = ", ".join(allowed) if allowed else "nothing (it is final)"
+        super().__init__(
+            f"job {job_id} is {current}; it cannot become {requested}. From {current} it can become: {allowed_text}."
+        )
+
+
+class ModelValidationError(MftdError):
+    """A model folder or file that cannot be registered."""
+
+
+class DatasetValidationError(MftdError):
+    """A dataset file with bad lines; ``problems`` lists each as (line number, message)."""
+
+    def __init__(self, message: str, problems: list[tuple[int, str]] | None = None):
+        self.problems = problems or []
+        super().__init__(message)
+
+
+class ConflictError(MftdError):
+    """A request that clashes with the current state (a name already taken, a model still in use)."""
+
+
+class RemoteHostRefusedError(MftdError):
+    """Listening on a non-loopback address without ``--allow-remote``."""

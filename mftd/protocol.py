@@ -1,0 +1,31 @@
+"""The contract between the daemon and a training worker (``python -m jobs.worker``).
+
+The worker reads its job from SQLite, writes heartbeats, metrics, events and checkpoints back,
+and tells how it ended through its exit code. The daemon alone maps that ending to a job status
+(``mftd.supervisor``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1          # an error in the run; the newest ``error`` event says what
+EXIT_STOPPED = 75        # stopped on request (SIGTERM) after writing a checkpoint
+EXIT_BAD_CONFIG = 78     # the job cannot run as configured; retrying will not help
+
+WORKER_MODULE = "jobs.worker"
+
+HEARTBEAT_SECONDS = 5.0
+
+ADAPTER_DIRNAME = "adapter"
+FULL_MODEL_DIRNAME = "model"
+CHECKPOINTS_DIRNAME = "checkpoints"
+RESOLVED_CONFIG_FILENAME = "config.json"
+WORKER_LOG_FILENAME = "worker.log"
+
+
+def worker_command(job_id: int, data_dir: Path, python: str = "") -> list[str]:
+    """The command line that runs the training worker for ``job_id``."""
+    return [python or sys.executable, "-m", WORKER_MODULE, str(job_id), "--data-dir", str(data_dir)]
