@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from mftd.errors import InvalidTransitionError
+from mftd.timeutil import utcnow
 
 if TYPE_CHECKING:
     from sqlmodel import Session
@@ -76,7 +76,7 @@ def set_status(session: "Session", job: "Job", new: JobStatus, reason: str = "")
         raise InvalidTransitionError(
             job.id, current.value, new.value, sorted(status.value for status in ALLOWED_MOVES[current])
         )
-    now = datetime.now(timezone.utc)
+    now = utcnow()
     job.status = new
     job.status_reason = reason or None
     job.updated_at = now

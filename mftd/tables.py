@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Optional
 
 from sqlmodel import Field, SQLModel
 
 from mftd.status import JobStatus
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+from mftd.timeutil import utcnow
 
 
 class Model(SQLModel, table=True):
