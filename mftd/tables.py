@@ -1,10 +1,15 @@
-"""The SQLite tables (SQLModel): models, datasets, jobs, events, metrics, checkpoints."""
+"""The SQLite tables (SQLModel): models, datasets, jobs, events, metrics, checkpoints.
+
+Every datetime column is ``sa_type=DateTime`` (naive UTC, see ``mftd.timeutil``): newer SQLModel
+versions otherwise map ``datetime`` to a type that rejects naive values.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Optional
 
+from sqlalchemy import DateTime
 from sqlmodel import Field, SQLModel
 
 from mftd.status import JobStatus
@@ -24,7 +29,7 @@ class Model(SQLModel, table=True):
     dtype: str
     context_length: int
     has_chat_template: bool
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime)
 
 
 class Dataset(SQLModel, table=True):
@@ -37,7 +42,7 @@ class Dataset(SQLModel, table=True):
     num_examples: int
     size_bytes: int
     longest_example_chars: int = 0
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime)
 
 
 class Job(SQLModel, table=True):
@@ -55,15 +60,15 @@ class Job(SQLModel, table=True):
     total_steps: Optional[int] = None
     loss: Optional[float] = None
     worker_pid: Optional[int] = None
-    heartbeat_at: Optional[datetime] = None
+    heartbeat_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
     stop_request: Optional[str] = Field(default=None, description="pause, cancel or device: why the worker was asked to stop.")
     interruptions: int = Field(default=0, description="Worker deaths since the last progress.")
     interrupted_at_step: Optional[int] = None
-    not_before: Optional[datetime] = Field(default=None, description="Do not restart before this time (backoff after an interruption).")
-    created_at: datetime = Field(default_factory=utcnow, index=True)
-    updated_at: datetime = Field(default_factory=utcnow)
-    started_at: Optional[datetime] = None
-    finished_at: Optional[datetime] = None
+    not_before: Optional[datetime] = Field(default=None, description="Do not restart before this time (backoff after an interruption).", sa_type=DateTime)
+    created_at: datetime = Field(default_factory=utcnow, index=True, sa_type=DateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime)
+    started_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
+    finished_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
 
 
 class Event(SQLModel, table=True):
@@ -71,7 +76,7 @@ class Event(SQLModel, table=True):
 
     id: Optional[int] = Field(default=None, primary_key=True)
     job_id: int = Field(foreign_key="job.id", index=True)
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime)
     level: str = "info"
     kind: str = "log"
     message: str
@@ -91,7 +96,7 @@ class Metric(SQLModel, table=True):
     tokens: Optional[int] = Field(default=None, description="Tokens in this step.")
     tokens_per_second: Optional[float] = None
     rss_mb: Optional[float] = None
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime)
 
 
 class Checkpoint(SQLModel, table=True):
@@ -102,4 +107,4 @@ class Checkpoint(SQLModel, table=True):
     step: int
     path: str
     size_bytes: int = 0
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime)
