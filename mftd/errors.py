@@ -43,3 +43,14 @@ class ConflictError(MftdError):
 
 class RemoteHostRefusedError(MftdError):
     """Listening on a non-loopback address without ``--allow-remote``."""
+
+
+class InvalidValueError(MftdError):
+    """A well-formed request value that cannot be used here (max_seq_len above the model's context length, an unsafe name).
+
+    ``field`` names the request field, so the API can answer 422 the way it does for type errors.
+    """
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
