@@ -1,0 +1,342 @@
+"""The supervisor with real child processes (a fake worker script), and the daemon's tick driving it."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+
+import pytest
+from sqlmodel import select
+
+from mftd.daemon import Daemon
+from mftd.db import new_session
+from mftd.device import DeviceState
+from mftd.scheduler import FailJob, KillJob, StartJob, StopJob
+from mftd.status import JobStatus
+from mftd.supervisor import Supervisor
+from mftd.tables import Event
+from mftd.timeutil import utcnow
+from tests.mftd.conftest import fake_worker_command, get_job, wait_until, wait_until_ready
+
+
+@pytest.fixture
+def supervise(engine, settings, fake_jobs_root):
+    """``supervise(mode)`` -> a Supervisor whose workers run the fake worker in ``mode``; all are shut down after."""
+    made: list[Supervisor] = []
+
+    def _supervise(mode=None) -> Supervisor:
+        supervisor = Supervisor(engine, settings, command_factory=fake_worker_command(fake_jobs_root, mode))
+        made.append(supervisor)
+        return supervisor
+
+    yield _supervise
+    for supervisor in made:
+        supervisor.shutdown()
+
+
+def run_to_end(supervisor: Supervisor) -> JobStatus:
+    return wait_until(supervisor.poll, what="the worker to exit")
+
+
+def test_start_marks_the_job_running_and_logs_the_worker(supervise, make_job, engine, settings):
+    job_id = make_job()
+    supervisor = supervise("sleep")
+    supervisor.start(job_id)
+    pid = wait_until_ready(settings, job_id)
+    job = get_job(engine, job_id)
+    assert job.status == JobStatus.RUNNING
+    assert job.worker_pid == pid
+    assert job.heartbeat_at is not None and job.started_at is not None
+    assert supervisor.running_view().job_id == job_id
+    log = (settings.job_dir(job_id) / "worker.log").read_text()
+    assert f"MFTD_DATA_DIR={settings.data_dir}" in log
+    assert "worker started" in log
+
+
+def test_exit_0_is_succeeded(supervise, make_job, engine):
+    job_id = make_job()
+    supervisor = supervise("train:3")
+    supervisor.start(job_id)
+    assert run_to_end(supervisor) == JobStatus.SUCCEEDED
+    job = get_job(engine, job_id)
+    assert (job.status, job.step, job.worker_pid, job.finished_at is not None) == (JobStatus.SUCCEEDED, 3, None, True)
+    assert supervisor.running_view() is None
+
+
+@pytest.mark.parametrize(
+    "code, expected_reason",
+    [
+        (1, "fake failure with code 1"),
+        (78, "the job cannot run as configured: fake failure with code 78"),
+        (3, None),
+    ],
+)
+def test_failures(supervise, make_job, engine, code, expected_reason):
+    job_id = make_job()
+    supervisor = supervise(f"exit:{code}")
+    supervisor.start(job_id)
+    status = run_to_end(supervisor)
+    job = get_job(engine, job_id)
+    if expected_reason is None:  # an unknown exit code is a worker death, not a verdict on the job
+        assert status == JobStatus.INTERRUPTED
+        assert job.status_reason.startswith("the worker exited with unexpected code 3")
+        assert job.interruptions == 1
+    else:
+        assert status == JobStatus.FAILED
+        assert job.status_reason == expected_reason
+
+
+def test_exit_1_without_an_error_event_points_at_the_log(make_job, engine, settings):
+    job_id = make_job()
+    supervisor = Supervisor(
+        engine, settings, command_factory=lambda job_id, data_dir: [sys.executable, "-c", "import sys; sys.exit(1)"]
+    )
+    supervisor.start(job_id)
+    assert run_to_end(supervisor) == JobStatus.FAILED
+    assert "without recording an error; see jobs/" in get_job(engine, job_id).status_reason
+
+
+def test_an_old_error_event_is_not_blamed_on_a_new_run(supervise, make_job, engine):
+    job_id = make_job()
+    with new_session(engine) as session:
+        session.add(Event(job_id=job_id, kind="error", level="error", message="from an earlier run"))
+        session.commit()
+    supervisor = supervise("exit:1")
+    supervisor.start(job_id)
+    run_to_end(supervisor)
+    assert get_job(engine, job_id).status_reason == "fake failure with code 1"
+
+
+@pytest.mark.parametrize(
+    "request_, expected, reason_part",
+    [
+        ("pause", JobStatus.PAUSED, "paused by the user"),
+        ("cancel", JobStatus.CANCELLED, "cancelled by the user"),
+        ("device", JobStatus.WAITING, "battery 12% is below 20%"),
+        (None, JobStatus.INTERRUPTED, "stopped from outside"),
+    ],
+)
+def test_a_requested_stop_ends_as_requested(supervise, make_job, engine, settings, request_, expected, reason_part):
+    job_id = make_job()
+    supervisor = supervise("sleep")
+    supervisor.start(job_id)
+    wait_until_ready(settings, job_id)
+    if request_ in ("pause", "cancel"):  # what the API does
+        with new_session(engine) as session:
+            job = get_job(engine, job_id)
+            job.stop_request = request_
+            session.add(job)
+            session.commit()
+    supervisor.stop(job_id, "battery 12% is below 20%", request="device" if request_ == "device" else None)
+    assert supervisor.running_view().stop_sent_at is not None
+    assert run_to_end(supervisor) == expected
+    job = get_job(engine, job_id)
+    assert reason_part in job.status_reason
+    assert job.interruptions == 0 and job.not_before is None, "a clean stop is not an interruption"
+    assert job.stop_request is None
+
+
+def test_a_device_stop_does_not_overwrite_a_user_request(supervise, make_job, engine, settings):
+    job_id = make_job()
+    supervisor = supervise("sleep")
+    supervisor.start(job_id)
+    wait_until_ready(settings, job_id)
+    with new_session(engine) as session:
+        job = get_job(engine, job_id)
+        job.stop_request = "pause"
+        session.add(job)
+        session.commit()
+    supervisor.stop(job_id, "too hot", request="device")
+    assert run_to_end(supervisor) == JobStatus.PAUSED
+
+
+def test_sigkill_is_an_interruption_with_backoff(supervise, make_job, engine):
+    job_id = make_job()
+    supervisor = supervise("kill-self")
+    before = utcnow()
+    supervisor.start(job_id)
+    assert run_to_end(supervisor) == JobStatus.INTERRUPTED
+    job = get_job(engine, job_id)
+    assert "killed by SIGKILL — possibly the out-of-memory killer or Android's phantom process killer" in job.status_reason
+    assert "interruption 1" in job.status_reason
+    assert job.interruptions == 1 and job.interrupted_at_step == 0
+    assert before + timedelta(seconds=2) <= job.not_before <= utcnow() + timedelta(seconds=2)
+
+
+def test_deaths_without_progress_count_up_and_progress_resets_the_count(supervise, make_job, engine):
+    job_id = make_job()
+    supervisor = supervise("kill-self")
+    counts, delays = [], []
+    for _ in range(3):
+        started = utcnow()
+        supervisor.start(job_id)
+        run_to_end(supervisor)
+        job = get_job(engine, job_id)
+        counts.append(job.interruptions)
+        delays.append(round((job.not_before - started).total_seconds()))
+    assert counts == [1, 2, 3]
+    assert delays == [2, 4, 8]
+
+    progressing = supervise("kill-self:5")
+    progressing.start(job_id)
+    run_to_end(progressing)
+    job = get_job(engine, job_id)
+    assert (job.step, job.interruptions, job.interrupted_at_step) == (5, 1, 5)
+
+
+def test_kill_records_why(supervise, make_job, engine, settings):
+    job_id = make_job()
+    supervisor = supervise("hang")
+    supervisor.start(job_id)
+    wait_until_ready(settings, job_id)
+    supervisor.kill(job_id, "no heartbeat from the worker for 200 s (limit 180 s)")
+    assert supervisor.running_view() is None
+    job = get_job(engine, job_id)
+    assert job.status == JobStatus.INTERRUPTED
+    assert job.status_reason.startswith("no heartbeat from the worker for 200 s (limit 180 s); the worker was killed")
+    assert job.interruptions == 1
+
+
+def test_shutdown_stops_the_worker_and_leaves_the_job_to_resume(supervise, make_job, engine, settings):
+    job_id = make_job(step=7)
+    supervisor = supervise("sleep")
+    supervisor.start(job_id)
+    wait_until_ready(settings, job_id)
+    supervisor.shutdown()
+    job = get_job(engine, job_id)
+    assert job.status == JobStatus.INTERRUPTED
+    assert job.status_reason == "the daemon stopped while this job was running; it resumes from its last checkpoint"
+    assert job.interruptions == 0 and job.not_before is None
+
+
+def test_shutdown_kills_a_worker_that_ignores_sigterm_without_counting_it(make_job, engine, settings, fake_jobs_root):
+    settings = settings.model_copy(update={"stop_grace_seconds": 0.5})
+    job_id = make_job()
+    supervisor = Supervisor(engine, settings, command_factory=fake_worker_command(fake_jobs_root, "ignore-term"))
+    supervisor.start(job_id)
+    wait_until_ready(settings, job_id)
+    supervisor.shutdown()
+    job = get_job(engine, job_id)
+    assert job.status == JobStatus.INTERRUPTED
+    assert "the daemon stopped while this job was running" in job.status_reason
+    assert "did not stop within 0.5 s" in job.status_reason
+    assert job.interruptions == 0
+
+
+def test_a_worker_that_cannot_start_fails_the_job(engine, settings, make_job):
+    job_id = make_job()
+    supervisor = Supervisor(engine, settings, command_factory=lambda job_id, data_dir: ["/nonexistent/python", "-m", "jobs.worker"])
+    supervisor.start(job_id)
+    job = get_job(engine, job_id)
+    assert job.status == JobStatus.FAILED
+    assert "could not start the training worker" in job.status_reason
+    assert supervisor.running_view() is None
+
+
+# ---- through the daemon's tick, with scripted device readings -------------------------------------------
+
+
+class ScriptedDevice:
+    """The one thing mocked: the sensors."""
+
+    def __init__(self):
+        self.state = DeviceState(can_train=True)
+
+    def __call__(self, data_dir):
+        return self.state
+
+
+@pytest.fixture
+def daemon(engine, settings, fake_jobs_root):
+    device = ScriptedDevice()
+    supervisor = Supervisor(engine, settings, command_factory=fake_worker_command(fake_jobs_root))  # mode from job name
+    daemon = Daemon(settings, engine, supervisor=supervisor, read_device=device)
+    daemon.device = device
+    yield daemon
+    daemon.shutdown()
+
+
+def test_tick_runs_the_queue_one_job_at_a_time_by_priority(daemon, make_job, engine):
+    low = make_job(name="train:2")
+    high = make_job(name="train:2", priority=5)
+    assert daemon.tick() == [StartJob(high)]
+    assert daemon.tick() == []  # still running: nothing else starts
+    wait_until(lambda: StartJob(low) in daemon.tick(), what="the second job to start")
+    assert get_job(engine, high).status == JobStatus.SUCCEEDED
+    wait_until(lambda: (daemon.tick(), get_job(engine, low).status == JobStatus.SUCCEEDED)[1], what="the second job to finish")
+
+
+def test_tick_stops_for_the_device_and_resumes_when_it_allows(daemon, make_job, engine, settings):
+    job_id = make_job(name="sleep")
+    daemon.tick()
+    wait_until_ready(settings, job_id)
+    daemon.device.state = DeviceState(can_train=False, reasons=("not charging and battery 30% is below 50%",))
+    assert daemon.tick() == [StopJob(job_id, "not charging and battery 30% is below 50%", request="device")]
+    wait_until(lambda: (daemon.tick(), get_job(engine, job_id).status == JobStatus.WAITING)[1], what="waiting")
+    assert get_job(engine, job_id).status_reason == "not charging and battery 30% is below 50%"
+    assert daemon.tick() == []  # still cannot train
+    daemon.device.state = DeviceState(can_train=True)
+    assert daemon.tick() == [StartJob(job_id)]
+    assert get_job(engine, job_id).status == JobStatus.RUNNING
+
+
+def test_tick_kills_a_silent_worker(daemon, make_job, engine, settings):
+    job_id = make_job(name="hang")
+    daemon.tick()
+    wait_until_ready(settings, job_id)
+    later = utcnow() + timedelta(seconds=settings.heartbeat_timeout_seconds + 1)
+    [kill] = daemon.tick(now=later)
+    assert isinstance(kill, KillJob) and kill.job_id == job_id
+    job = get_job(engine, job_id)
+    assert job.status == JobStatus.INTERRUPTED and job.interruptions == 1
+    assert job.status_reason.startswith("no heartbeat from the worker for")
+
+
+def test_tick_kills_a_worker_that_outstays_its_stop_grace(daemon, make_job, engine, settings):
+    job_id = make_job(name="ignore-term")
+    daemon.tick()
+    wait_until_ready(settings, job_id)
+    daemon.device.state = DeviceState(can_train=False, reasons=("too hot",))
+    daemon.tick()
+    assert daemon.tick(now=utcnow() + timedelta(seconds=1)) == []
+    daemon.tick(now=utcnow() + timedelta(seconds=settings.stop_grace_seconds + 1))
+    job = get_job(engine, job_id)
+    assert job.status == JobStatus.INTERRUPTED
+    assert job.status_reason.startswith(f"the worker did not stop within {settings.stop_grace_seconds:g} s")
+
+
+def test_tick_fails_a_job_out_of_retries(daemon, make_job, engine, settings):
+    job_id = make_job(name="kill-self")
+    moment = utcnow()
+    for attempt in range(1, settings.max_interruptions + 2):
+        moment += timedelta(minutes=10)  # past any backoff
+        assert daemon.tick(now=moment) == [StartJob(job_id)]
+        wait_until(daemon.supervisor.poll, what=f"death {attempt}")
+    assert get_job(engine, job_id).interruptions == settings.max_interruptions + 1
+    actions = daemon.tick(now=moment + timedelta(minutes=10))
+    assert [type(action) for action in actions] == [FailJob]
+    job = get_job(engine, job_id)
+    assert job.status == JobStatus.FAILED
+    assert f"interrupted {settings.max_interruptions + 1} times in a row without making progress" in job.status_reason
+
+
+def test_a_failing_tick_is_logged_not_raised(daemon, make_job, caplog):
+    def broken_sensor(data_dir):
+        raise RuntimeError("sensor exploded")
+
+    daemon.read_device = broken_sensor
+    make_job()
+    assert daemon.tick() == []
+    assert "scheduler tick failed" in caplog.text
+
+
+def test_events_record_the_story(daemon, make_job, engine, settings):
+    job_id = make_job(name="sleep")
+    daemon.tick()
+    wait_until_ready(settings, job_id)
+    daemon.device.state = DeviceState(can_train=False, reasons=("too hot",))
+    daemon.tick()
+    wait_until(lambda: (daemon.tick(), get_job(engine, job_id).status == JobStatus.WAITING)[1], what="waiting")
+    with new_session(engine) as session:
+        messages = [event.message for event in session.exec(select(Event).where(Event.job_id == job_id).order_by(Event.id))]
+    assert messages == ["queued -> running", "stopping the worker: too hot", "running -> waiting: too hot"]
