@@ -1,0 +1,276 @@
+"""The daemon: recovery at start-up, the scheduler tick, and the HTTP API, in one small process.
+
+``serve`` is the entry point. ``Daemon.tick`` is one look at the queue: settle a finished
+worker, read the device, ``decide``, apply. FastAPI and uvicorn are imported inside ``serve``
+so the CLI's client commands start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+import psutil
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from mftd.db import make_engine, new_session
+from mftd.device import DeviceState, read_device_state
+from mftd.errors import ConflictError, RemoteHostRefusedError
+from mftd.recovery import recover_orphaned_jobs
+from mftd.scheduler import Action, FailJob, JobView, KillJob, Limits, StartJob, StopJob, decide
+from mftd.settings import Settings, is_loopback_host
+from mftd.status import FINAL_STATUSES, JobStatus, set_status
+from mftd.supervisor import Supervisor
+from mftd.tables import Job
+from mftd.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+TICK_JOB_ID = "tick"
+DAEMON_INFO_FILENAME = "daemon.json"
+GRACEFUL_HTTP_SHUTDOWN_SECONDS = 5
+
+DeviceReader = Callable[[Path], DeviceState]
+
+
+class Daemon:
+    """The scheduler side of the daemon: the tick, the supervisor, and the APScheduler that drives them.
+
+    Args:
+        settings: the daemon's settings.
+        engine: the database engine.
+        supervisor: default one built from ``settings``.
+        read_device: ``data_dir -> DeviceState``; tests script it.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        supervisor: Optional[Supervisor] = None,
+        read_device: DeviceReader = read_device_state,
+    ):
+        self.settings = settings
+        self.engine = engine
+        self.supervisor = supervisor or Supervisor(engine, settings)
+        self.read_device = read_device
+        self.limits = Limits.from_settings(settings)
+        self._tick_lock = threading.Lock()
+        self._scheduler = None
+
+    def tick(self, now: Optional[datetime] = None) -> list[Action]:
+        """Look at the queue once and act. Never raises: a failure is logged and the next tick tries again."""
+        with self._tick_lock:
+            try:
+                return self._tick(now)
+            except Exception:
+                log.exception("scheduler tick failed")
+                return []
+
+    def _tick(self, now: Optional[datetime]) -> list[Action]:
+        now = now or utcnow()
+        self.supervisor.poll(now)
+        with new_session(self.engine) as session:
+            jobs = session.exec(select(Job).where(Job.status.not_in(list(FINAL_STATUSES)))).all()
+            views = [JobView.of(job) for job in jobs]
+        device = self.read_device(self.settings.data_dir)
+        actions = decide(views, device, now, self.supervisor.running_view(), self.limits)
+        for action in actions:
+            try:
+                self._apply(action, now)
+            except Exception:
+                log.exception("could not apply %s", action)
+        return actions
+
+    def _apply(self, action: Action, now: datetime) -> None:
+        match action:
+            case StartJob(job_id):
+                self.supervisor.start(job_id, now)
+            case StopJob(job_id, reason, request):
+                self.supervisor.stop(job_id, reason, request, now)
+            case KillJob(job_id, reason):
+                self.supervisor.kill(job_id, reason, now)
+            case FailJob(job_id, reason):
+                with new_session(self.engine) as session:
+                    job = session.get(Job, job_id)
+                    if job is not None and job.status == JobStatus.INTERRUPTED:
+                        set_status(session, job, JobStatus.FAILED, reason)
+
+    def start_scheduler(self) -> None:
+        """Run ``tick`` every ``settings.tick_seconds`` in a background thread, starting now."""
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        scheduler = BackgroundScheduler(timezone=timezone.utc)
+        scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=self.settings.tick_seconds,
+            id=TICK_JOB_ID,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=datetime.now(timezone.utc),
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def poke(self) -> None:
+        """Run a tick soon (something changed: a new job, a pause, a resume)."""
+        scheduler = self._scheduler
+        if scheduler is None or not scheduler.running:
+            return
+        try:
+            scheduler.modify_job(TICK_JOB_ID, next_run_time=datetime.now(timezone.utc))
+        except Exception:  # the scheduler is shutting down
+            log.debug("poke ignored", exc_info=True)
+
+    def shutdown(self) -> None:
+        """Stop ticking (waiting for a tick in progress), then stop the worker so its job resumes on the next start."""
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+        self.supervisor.shutdown()
+
+
+def serve(settings: Settings) -> None:
+    """Run the daemon until SIGTERM or SIGINT.
+
+    Raises:
+        RemoteHostRefusedError: ``settings.host`` is not loopback and ``allow_remote`` is off.
+        ConflictError: another daemon is running on the same data dir.
+        OSError: the address is in use.
+    """
+    check_host_allowed(settings)
+    settings.ensure_dirs()
+    _refuse_second_daemon(settings.data_dir)
+
+    from mftd.token import load_or_create_token
+
+    load_or_create_token(settings.token_path)
+    engine = make_engine(settings.db_path)
+    with new_session(engine) as session:
+        recovered = recover_orphaned_jobs(session, settings)
+    if recovered:
+        log.info("settled jobs left running by the previous daemon: %s", ", ".join(map(str, recovered)))
+
+    listener = _bind(settings.host, settings.port)
+    port = listener.getsockname()[1]
+    url = client_url(settings.host, port)
+
+    daemon = Daemon(settings, engine)
+    stop_requested = threading.Event()
+    server = None
+
+    def _on_signal(signum, _frame):
+        stop_requested.set()
+        if server is not None:
+            server.should_exit = True
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    info_path = settings.data_dir / DAEMON_INFO_FILENAME
+    try:
+        import uvicorn
+
+        from api.main import create_app
+
+        app = create_app(settings, engine, on_change=daemon.poke)
+        config = uvicorn.Config(
+            app,
+            log_level=settings.log_level.lower(),
+            timeout_graceful_shutdown=GRACEFUL_HTTP_SHUTDOWN_SECONDS,
+            access_log=settings.log_level.lower() == "debug",
+        )
+        server = uvicorn.Server(config)
+        _write_daemon_info(info_path, {"pid": os.getpid(), "host": settings.host, "port": port, "url": url})
+        daemon.start_scheduler()
+        log.info("mftd listening on %s (token in %s, data in %s)", url, settings.token_path, settings.data_dir)
+        if not stop_requested.is_set():
+            server.run(sockets=[listener])
+    finally:
+        log.info("mftd stopping")
+        daemon.shutdown()
+        _remove_daemon_info(info_path)
+        listener.close()
+        engine.dispose()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("mftd stopped")
+
+
+def check_host_allowed(settings: Settings) -> None:
+    """Raises RemoteHostRefusedError for a non-loopback host without ``allow_remote``."""
+    if not is_loopback_host(settings.host) and not settings.allow_remote:
+        raise RemoteHostRefusedError(
+            f"refusing to listen on {settings.host}: it is not a loopback address, so anyone on that network "
+            "who gets the token could train on this device. Use --host 127.0.0.1, or pass --allow-remote "
+            "(MFTD_ALLOW_REMOTE=1) if you mean it."
+        )
+
+
+def client_url(host: str, port: int) -> str:
+    """The URL a local client uses to reach a daemon listening on ``host:port``."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def read_daemon_info(data_dir: Path) -> Optional[dict]:
+    """The running daemon's ``daemon.json`` (pid, host, port, url), or None if there is none or its pid is gone."""
+    try:
+        info = json.loads((data_dir / DAEMON_INFO_FILENAME).read_text())
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        command_line = " ".join(psutil.Process(pid).cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        return info
+    return info if "mftd" in command_line else None  # a reused pid is not our daemon
+
+
+def _refuse_second_daemon(data_dir: Path) -> None:
+    info = read_daemon_info(data_dir)
+    if info is not None and int(info["pid"]) != os.getpid():
+        raise ConflictError(
+            f"another mftd (pid {info['pid']}) is already running on {data_dir} at {info.get('url')}; "
+            "stop it first, or use another --data-dir"
+        )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+        sock.listen(128)
+    except OSError as error:
+        sock.close()
+        raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}; is another mftd running? Try --port") from error
+    return sock
+
+
+def _write_daemon_info(path: Path, info: dict) -> None:
+    temp = path.with_suffix(".json.tmp")
+    temp.write_text(json.dumps(info) + "\n")
+    os.replace(temp, path)
+
+
+def _remove_daemon_info(path: Path) -> None:
+    info = read_daemon_info(path.parent)
+    if info is None or int(info["pid"]) == os.getpid():
+        path.unlink(missing_ok=True)
