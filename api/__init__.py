@@ -1,0 +1,1 @@
+"""mftd's HTTP API (FastAPI). Imports ``mftd`` and fastapi, never torch."""

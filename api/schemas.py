@@ -1,0 +1,208 @@
+"""Request and response models of the HTTP API, in families per resource (``JobCreate``, ``JobPublic``, ``JobsPublic``)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+from mftd.jobconfig import JobConfig
+from mftd.registry import NAME_PATTERN, Artifact
+from mftd.status import JobStatus
+from mftd.tables import Event, Job
+from mftd.timeutil import iso_z
+
+IsoTime = Annotated[datetime, PlainSerializer(iso_z, return_type=str)]
+"""A naive UTC datetime, sent as ISO 8601 with Z."""
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1-100 letters, digits, '.', '_' or '-'.")]
+
+
+class Message(BaseModel):
+    message: str
+
+
+class HealthPublic(BaseModel):
+    status: str = Field(description="ok while the daemon answers.")
+    version: str
+
+
+class ReadingPublic(BaseModel):
+    name: str
+    value: Any = Field(description="The reading, or null if unavailable.")
+    unit: str
+    source: str
+    unavailable_reason: Optional[str] = None
+
+
+class DevicePublic(BaseModel):
+    can_train: bool
+    reasons: list[str] = Field(description="Why training may not run now (empty when it may).")
+    readings: list[ReadingPublic]
+
+
+class ModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    path: str = Field(min_length=1, description="Absolute path of a local Hugging Face model folder.")
+
+
+class ModelPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    path: str
+    source_path: Optional[str] = None
+    architecture: str
+    model_type: str
+    num_parameters: int
+    dtype: str
+    context_length: int
+    has_chat_template: bool
+    created_at: IsoTime
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+
+
+class DatasetPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    path: str
+    format: str = Field(description="text, prompt_completion or messages.")
+    num_examples: int
+    size_bytes: int
+    longest_example_chars: int
+    created_at: IsoTime
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    count: int
+
+
+class JobCreate(JobConfig):
+    """A new job: which model and dataset (by id or name), plus every JobConfig field, flat."""
+
+    model: Union[int, str] = Field(description="The model's id or name.")
+    dataset: Union[int, str] = Field(description="The dataset's id or name.")
+    name: Optional[str] = Field(None, max_length=200, description="A label for people.")
+    priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first; ties go to the oldest job.")
+
+    def to_config(self) -> JobConfig:
+        # exclude_unset keeps track of which fields the client gave (the registry fills in some defaults per model).
+        return JobConfig.model_validate(self.model_dump(include=set(JobConfig.model_fields), exclude_unset=True))
+
+
+class JobPublic(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: int
+    name: Optional[str]
+    model_id: int
+    dataset_id: int
+    status: JobStatus
+    status_reason: Optional[str]
+    stop_request: Optional[str] = Field(description="pause, cancel or device while a running worker is being stopped.")
+    priority: int
+    step: int = Field(description="Completed optimizer steps.")
+    total_steps: Optional[int]
+    progress: Optional[float] = Field(description="step / total_steps, once total_steps is known.")
+    loss: Optional[float]
+    interruptions: int
+    config: JobConfig
+    created_at: IsoTime
+    updated_at: IsoTime
+    started_at: Optional[IsoTime]
+    finished_at: Optional[IsoTime]
+    heartbeat_at: Optional[IsoTime]
+    not_before: Optional[IsoTime]
+
+    @classmethod
+    def from_row(cls, job: Job) -> "JobPublic":
+        progress = None
+        if job.total_steps:
+            progress = min(1.0, job.step / job.total_steps)
+        if JobStatus(job.status) == JobStatus.SUCCEEDED:
+            progress = 1.0
+        return cls(
+            **job.model_dump(exclude={"config_json", "worker_pid", "interrupted_at_step"}),
+            progress=progress,
+            config=JobConfig.model_validate_json(job.config_json),
+        )
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class EventPublic(BaseModel):
+    id: int
+    job_id: int
+    created_at: IsoTime
+    level: str = Field(description="info, warning or error.")
+    kind: str = Field(description="status, created, stop_request, checkpoint, log, error, ...")
+    message: str
+    data: Optional[Any] = None
+
+    @classmethod
+    def from_row(cls, event: Event) -> "EventPublic":
+        data = None
+        if event.data_json:
+            try:
+                data = json.loads(event.data_json)
+            except json.JSONDecodeError:
+                data = event.data_json
+        return cls(**event.model_dump(exclude={"data_json"}), data=data)
+
+
+class MetricPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    job_id: int
+    step: int
+    split: str
+    loss: Optional[float]
+    learning_rate: Optional[float]
+    grad_norm: Optional[float]
+    tokens: Optional[int]
+    tokens_per_second: Optional[float]
+    rss_mb: Optional[float]
+    created_at: IsoTime
+
+
+class CheckpointPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    job_id: int
+    step: int
+    path: str
+    size_bytes: int
+    created_at: IsoTime
+
+
+class ArtifactPublic(BaseModel):
+    path: str = Field(description="Relative to the job's folder.")
+    kind: str = Field(description="file, or folder (downloaded as a zip).")
+    size_bytes: int
+    url: str = Field(description="Download URL (a folder comes as a zip).")
+
+    @classmethod
+    def from_artifact(cls, job_id: int, artifact: Artifact) -> "ArtifactPublic":
+        return cls(
+            path=artifact.path,
+            kind="folder" if artifact.is_folder else "file",
+            size_bytes=artifact.size_bytes,
+            url=f"/v1/jobs/{job_id}/artifacts/{artifact.path}",
+        )
