@@ -64,16 +64,24 @@ class Daemon:
         self.read_device = read_device
         self.limits = Limits.from_settings(settings)
         self._tick_lock = threading.Lock()
+        self._poked_during_tick = False
         self._scheduler = None
 
     def tick(self, now: Optional[datetime] = None) -> list[Action]:
         """Look at the queue once and act. Never raises: a failure is logged and the next tick tries again."""
         with self._tick_lock:
-            try:
-                return self._tick(now)
-            except Exception:
-                log.exception("scheduler tick failed")
-                return []
+            actions = self._guarded_tick(now)
+            while self._poked_during_tick and now is None:  # a change arrived mid-tick: look again now
+                self._poked_during_tick = False
+                actions += self._guarded_tick(None)
+            return actions
+
+    def _guarded_tick(self, now: Optional[datetime]) -> list[Action]:
+        try:
+            return self._tick(now)
+        except Exception:
+            log.exception("scheduler tick failed")
+            return []
 
     def _tick(self, now: Optional[datetime]) -> list[Action]:
         now = now or utcnow()
@@ -127,6 +135,9 @@ class Daemon:
         """Run a tick soon (something changed: a new job, a pause, a resume)."""
         scheduler = self._scheduler
         if scheduler is None or not scheduler.running:
+            return
+        if self._tick_lock.locked():
+            self._poked_during_tick = True  # APScheduler would skip a second instance; the running tick repeats
             return
         try:
             scheduler.modify_job(TICK_JOB_ID, next_run_time=datetime.now(timezone.utc))

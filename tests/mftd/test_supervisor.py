@@ -340,3 +340,22 @@ def test_events_record_the_story(daemon, make_job, engine, settings):
     with new_session(engine) as session:
         messages = [event.message for event in session.exec(select(Event).where(Event.job_id == job_id).order_by(Event.id))]
     assert messages == ["queued -> running", "stopping the worker: too hot", "running -> waiting: too hot"]
+
+
+def test_poke_runs_a_tick_now_instead_of_at_the_next_interval(engine, settings, fake_jobs_root, make_job):
+    settings = settings.model_copy(update={"tick_seconds": 3600})
+    device = ScriptedDevice()
+    calls = []
+    supervisor = Supervisor(engine, settings, command_factory=fake_worker_command(fake_jobs_root))
+    daemon = Daemon(settings, engine, supervisor=supervisor, read_device=lambda data_dir: calls.append(1) or device.state)
+    daemon.start_scheduler()
+    try:
+        wait_until(lambda: calls, what="the first tick")
+        job_id = make_job(name="sleep")
+        daemon.poke()
+        wait_until(lambda: get_job(engine, job_id).status == JobStatus.RUNNING, timeout=5, what="the poked tick")
+    finally:
+        daemon.shutdown()
+    job = get_job(engine, job_id)
+    assert job.status == JobStatus.INTERRUPTED
+    assert "the daemon stopped" in job.status_reason
