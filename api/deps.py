@@ -7,12 +7,13 @@ import secrets
 from collections.abc import Callable, Iterator
 from typing import Annotated, Optional
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from mftd.db import new_session
+from mftd.registry import MAX_ID
 from mftd.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -75,3 +76,5 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 CurrentAuth = Depends(require_token)
 TokenDep = Annotated[None, CurrentAuth]
 NotifyChangeDep = Annotated[Callable[[], None], Depends(get_notify_change)]
+SkipQuery = Annotated[int, Query(ge=0, le=MAX_ID, description="How many items to skip.")]
+LimitQuery = Annotated[int, Query(ge=1, le=1000, description="At most this many items.")]

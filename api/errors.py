@@ -42,7 +42,7 @@ def _dataset_invalid(_request: Request, error: DatasetValidationError) -> JSONRe
 
 def _invalid_value(_request: Request, error: InvalidValueError) -> JSONResponse:
     # Shaped like FastAPI's own 422, so clients read every field error the same way.
-    detail = [{"loc": ["body", error.field], "msg": str(error), "type": "value_error"}]
+    detail = [{"loc": [error.location, error.field], "msg": str(error), "type": "value_error"}]
     return JSONResponse(status_code=422, content={"detail": detail})
 
 

@@ -6,16 +6,20 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictInt, StrictStr
 
 from mftd.jobconfig import JobConfig
-from mftd.registry import NAME_PATTERN, Artifact
+from mftd.registry import MAX_ID, NAME_PATTERN, Artifact
 from mftd.status import JobStatus
 from mftd.tables import Event, Job
 from mftd.timeutil import iso_z
 
 IsoTime = Annotated[datetime, PlainSerializer(iso_z, return_type=str)]
 """A naive UTC datetime, sent as ISO 8601 with Z."""
+
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Reference = Union[Annotated[StrictInt, Field(ge=1, le=MAX_ID)], Annotated[StrictStr, Field(min_length=1, max_length=100)]]
+"""A model or dataset by id (a JSON number) or by name (a string)."""
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1-100 letters, digits, '.', '_' or '-'.")]
 
@@ -92,8 +96,8 @@ class DatasetsPublic(BaseModel):
 class JobCreate(JobConfig):
     """A new job: which model and dataset (by id or name), plus every JobConfig field, flat."""
 
-    model: Union[int, str] = Field(description="The model's id or name.")
-    dataset: Union[int, str] = Field(description="The dataset's id or name.")
+    model: Reference = Field(description="The model's id or name.")
+    dataset: Reference = Field(description="The dataset's id or name.")
     name: Optional[str] = Field(None, max_length=200, description="A label for people.")
     priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first; ties go to the oldest job.")
 

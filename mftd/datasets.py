@@ -160,12 +160,19 @@ def validate_jsonl(path: str | Path, declared_format: str = "auto") -> DatasetIn
         DatasetValidationError: the file is missing or empty, or lines are bad. ``problems``
             lists up to 50 of them as (line number, what is wrong); line 0 means the whole file.
     """
-    file = Path(path).expanduser().resolve()
     if declared_format != "auto" and declared_format not in FORMATS:
         raise DatasetValidationError(f"format {declared_format!r} is not known; use auto, {', '.join(FORMATS)}.")
-    if not file.is_file():
-        what = "is a folder" if file.is_dir() else "does not exist"
-        raise DatasetValidationError(f"dataset file {file} {what}; give the path of a JSONL file.")
+    try:
+        file = Path(path).expanduser().resolve()
+        if not file.is_file():
+            what = "is a folder" if file.is_dir() else ("is not a regular file" if file.exists() else "does not exist")
+            raise DatasetValidationError(f"dataset file {file} {what}; give the path of a JSONL file.")
+        return _validate_lines(file, declared_format)
+    except (ValueError, RuntimeError, OSError) as error:  # a NUL byte, an unknown ~user, an unreadable file
+        raise DatasetValidationError(f"dataset file {str(path)!r} cannot be read: {error}") from error
+
+
+def _validate_lines(file: Path, declared_format: str) -> DatasetInfo:
     file_format: Optional[str] = None if declared_format == "auto" else declared_format
     format_line = 0
     problems: list[tuple[int, str]] = []
@@ -177,11 +184,7 @@ def validate_jsonl(path: str | Path, declared_format: str = "auto") -> DatasetIn
         if len(problems) < MAX_PROBLEMS:
             problems.append((line_number, message))
 
-    try:
-        handle = open(file, "rb")
-    except OSError as error:
-        raise DatasetValidationError(f"dataset file {file} cannot be read: {error}") from error
-    with handle:
+    with open(file, "rb") as handle:
         for line_number, raw_line in enumerate(handle, start=1):
             if line_number == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
                 raw_line = raw_line[3:]  # a UTF-8 byte-order mark, as some editors write

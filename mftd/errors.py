@@ -48,9 +48,11 @@ class RemoteHostRefusedError(MftdError):
 class InvalidValueError(MftdError):
     """A well-formed request value that cannot be used here (max_seq_len above the model's context length, an unsafe name).
 
-    ``field`` names the request field, so the API can answer 422 the way it does for type errors.
+    ``field`` names the request field and ``location`` where it was sent (body, query or path), so
+    the API can answer 422 the way it does for type errors.
     """
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str, message: str, location: str = "body"):
         self.field = field
+        self.location = location
         super().__init__(message)

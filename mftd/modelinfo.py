@@ -79,7 +79,17 @@ def inspect_model_folder(path: str | Path) -> ModelInfo:
             tokenizer files, or its architecture is not supported. The message says what was found
             and how to fix it.
     """
-    folder = Path(path).expanduser().resolve()
+    try:
+        folder = Path(path).expanduser().resolve()
+    except (ValueError, RuntimeError, OSError) as error:  # a NUL byte, an unknown ~user, a symlink loop
+        raise ModelValidationError(f"{str(path)!r} is not a usable path: {error}") from error
+    try:
+        return _inspect(folder)
+    except (ValueError, OSError) as error:  # unreadable files or folders, odd file names
+        raise ModelValidationError(f"{folder} cannot be read: {error}. Check that the daemon's user may read it.") from error
+
+
+def _inspect(folder: Path) -> ModelInfo:
     _check_is_folder(folder)
     config = _read_config(folder)
     architecture = _architecture(folder, config)

@@ -2,9 +2,9 @@
 
 from typing import Annotated, Optional
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import LimitQuery, SessionDep, SettingsDep, SkipQuery
 from api.schemas import DatasetPublic, DatasetsPublic, Message, Name
 from mftd import registry
 from mftd.jobconfig import DatasetFormat
@@ -43,7 +43,7 @@ def create_dataset(
 
 @router.get("", response_model=DatasetsPublic)
 def read_datasets(
-    session: SessionDep, skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
+    session: SessionDep, skip: SkipQuery = 0, limit: LimitQuery = 100
 ) -> DatasetsPublic:
     """Registered datasets, oldest first."""
     datasets, count = registry.list_datasets(session, skip, limit)

@@ -21,6 +21,7 @@ from api.schemas import ArtifactPublic, CheckpointPublic, EventPublic, MetricPub
 from mftd import registry
 from mftd.db import new_session
 from mftd.errors import NotFoundError
+from mftd.registry import MAX_ID
 from mftd.status import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -83,9 +84,9 @@ async def read_events(
     request: Request,
     engine: EngineDep,
     job_id: int,
-    after: int = Query(0, ge=0, description="Only events with a larger id."),
+    after: int = Query(0, ge=0, le=MAX_ID, description="Only events with a larger id."),
     accept: Annotated[str, Header()] = "",
-    last_event_id: Annotated[Optional[int], Header(description="Set by EventSource on reconnect; wins over after.")] = None,
+    last_event_id: Annotated[Optional[int], Header(ge=0, le=MAX_ID, description="Set by EventSource on reconnect; wins over after.")] = None,
 ):
     """The job's events, oldest first; as Server-Sent Events if asked for."""
     _status, events = await run_in_threadpool(_read_events, engine, job_id, after, True)

@@ -2,9 +2,9 @@
 
 from typing import Optional
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 
-from api.deps import NotifyChangeDep, SessionDep, SettingsDep
+from api.deps import LimitQuery, NotifyChangeDep, SessionDep, SettingsDep, SkipQuery
 from api.schemas import JobCreate, JobPublic, JobsPublic, Message
 from mftd import registry
 from mftd.status import JobStatus
@@ -32,8 +32,8 @@ def create_job(session: SessionDep, settings: SettingsDep, notify_change: Notify
 def read_jobs(
     session: SessionDep,
     status: Optional[JobStatus] = None,
-    skip: int = Query(0, ge=0),
-    limit: int = Query(100, ge=1, le=1000),
+    skip: SkipQuery = 0,
+    limit: LimitQuery = 100,
 ) -> JobsPublic:
     """Jobs, newest first, optionally only those with one status."""
     jobs, count = registry.list_jobs(session, status, skip, limit)

@@ -1,8 +1,8 @@
 """Base models: local Hugging Face folders registered by path."""
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import LimitQuery, SessionDep, SettingsDep, SkipQuery
 from api.schemas import Message, ModelCreate, ModelPublic, ModelsPublic
 from mftd import registry
 
@@ -18,7 +18,7 @@ def create_model(session: SessionDep, settings: SettingsDep, model_in: ModelCrea
 
 @router.get("", response_model=ModelsPublic)
 def read_models(
-    session: SessionDep, skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
+    session: SessionDep, skip: SkipQuery = 0, limit: LimitQuery = 100
 ) -> ModelsPublic:
     """Registered models, oldest first."""
     models, count = registry.list_models(session, skip, limit)

@@ -1,0 +1,185 @@
+"""Jobs: create one from a model, a dataset and a config; list, pause, resume, cancel and delete them."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Optional
+
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from mftd.errors import ConflictError, InvalidValueError
+from mftd.jobconfig import JobConfig
+from mftd.registry.lookup import Reference, get_row, resolve
+from mftd.settings import Settings
+from mftd.status import JobStatus, set_status
+from mftd.tables import Checkpoint, Dataset, Event, Job, Metric, Model
+from mftd.timeutil import utcnow
+
+
+def create_job(
+    session: Session,
+    settings: Settings,
+    model: Reference,
+    dataset: Reference,
+    config: JobConfig,
+    name: Optional[str] = None,
+    priority: int = 0,
+) -> Job:
+    """Queue a fine-tuning job of ``model`` on ``dataset`` (each by id or name).
+
+    A ``max_seq_len`` left unset in ``config`` is capped at the model's context length.
+
+    Raises:
+        NotFoundError: the model or dataset does not exist (the message lists those that do).
+        InvalidValueError: the config does not fit the model or dataset (names the field).
+    """
+    model_row: Model = resolve(session, Model, model, "model")
+    dataset_row: Dataset = resolve(session, Dataset, dataset, "dataset")
+    if "max_seq_len" not in config.model_fields_set and config.max_seq_len > model_row.context_length:
+        # The default must not refuse a small-context model; an explicit value must fit.
+        config = config.model_copy(update={"max_seq_len": model_row.context_length})
+    _check_job_fits(config, model_row, dataset_row)
+    job = Job(
+        name=name,
+        model_id=model_row.id,
+        dataset_id=dataset_row.id,
+        priority=priority,
+        config_json=config.model_dump_json(),
+    )
+    session.add(job)
+    session.flush()
+    session.add(
+        Event(
+            job_id=job.id,
+            kind="created",
+            message=f"queued: {config.method} fine-tuning of model {model_row.name} on dataset {dataset_row.name}",
+        )
+    )
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def _check_job_fits(config: JobConfig, model: Model, dataset: Dataset) -> None:
+    if config.max_seq_len > model.context_length:
+        raise InvalidValueError(
+            "max_seq_len",
+            f"max_seq_len {config.max_seq_len} is above the context length of model {model.name} "
+            f"({model.context_length}); use at most {model.context_length}.",
+        )
+    if config.dataset_format != "auto" and config.dataset_format != dataset.format:
+        raise InvalidValueError(
+            "dataset_format",
+            f"dataset_format is {config.dataset_format}, but dataset {dataset.name} is in {dataset.format} format; "
+            "leave dataset_format as auto or pick a matching dataset.",
+        )
+    if dataset.format == "messages" and not model.has_chat_template:
+        raise InvalidValueError(
+            "dataset",
+            f"dataset {dataset.name} holds chat messages, but model {model.name} has no chat template to format them; "
+            "use a chat model, or a text or prompt_completion dataset.",
+        )
+
+
+def list_jobs(
+    session: Session, status: Optional[JobStatus] = None, skip: int = 0, limit: int = 100
+) -> tuple[list[Job], int]:
+    """A page of jobs, newest first (optionally only those in ``status``), and how many match in all."""
+    query = select(Job)
+    count_query = select(func.count()).select_from(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+        count_query = count_query.where(Job.status == status)
+    jobs = session.exec(query.order_by(col(Job.id).desc()).offset(skip).limit(limit)).all()
+    return list(jobs), session.exec(count_query).one()
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    return get_row(session, Job, job_id, "job")
+
+
+def job_config(job: Job) -> JobConfig:
+    return JobConfig.model_validate_json(job.config_json)
+
+
+def _request_stop(session: Session, job: Job, request: str) -> Job:
+    """Ask the supervisor to stop a running worker; it makes the job paused or cancelled once the worker exits."""
+    if job.stop_request == request:
+        return job
+    job.stop_request = request
+    job.updated_at = utcnow()
+    session.add(job)
+    session.add(
+        Event(job_id=job.id, kind="stop_request", message=f"{request} requested; the worker checkpoints and stops")
+    )
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def pause_job(session: Session, job_id: int) -> Job:
+    """Pause a job: at once if it is not running, after the worker's checkpoint if it is.
+
+    Raises:
+        NotFoundError: no such job.
+        InvalidTransitionError: the job cannot be paused (it is paused already, or finished).
+        ConflictError: the running job is already being cancelled.
+    """
+    job = get_job(session, job_id)
+    session.refresh(job)
+    if job.status == JobStatus.RUNNING:
+        if job.stop_request == "cancel":
+            raise ConflictError(f"job {job_id} is being cancelled; it cannot be paused.")
+        return _request_stop(session, job, "pause")
+    set_status(session, job, JobStatus.PAUSED, "paused by the user")
+    return job
+
+
+def resume_job(session: Session, job_id: int) -> Job:
+    """Put a paused job back in the queue.
+
+    Raises:
+        NotFoundError: no such job.
+        InvalidTransitionError: the job is not paused.
+    """
+    job = get_job(session, job_id)
+    session.refresh(job)
+    set_status(session, job, JobStatus.QUEUED, "resumed by the user")
+    return job
+
+
+def cancel_job(session: Session, job_id: int) -> Job:
+    """Cancel a job: at once if it is not running, after the worker stops if it is.
+
+    Raises:
+        NotFoundError: no such job.
+        InvalidTransitionError: the job is already finished.
+    """
+    job = get_job(session, job_id)
+    session.refresh(job)
+    if job.status == JobStatus.RUNNING:
+        return _request_stop(session, job, "cancel")
+    set_status(session, job, JobStatus.CANCELLED, "cancelled by the user")
+    return job
+
+
+def delete_job(session: Session, settings: Settings, job_id: int) -> None:
+    """Delete a finished job, its events, metrics, checkpoints and its folder.
+
+    Raises:
+        NotFoundError: no such job.
+        ConflictError: the job is not finished.
+    """
+    job = get_job(session, job_id)
+    status = JobStatus(job.status)
+    if not status.is_final:
+        raise ConflictError(
+            f"job {job_id} is {status.value}; only finished jobs can be deleted. Cancel it first, then delete it."
+        )
+    for table in (Event, Metric, Checkpoint):
+        session.exec(sql_delete(table).where(table.job_id == job_id))
+    session.delete(job)
+    session.commit()
+    shutil.rmtree(settings.job_dir(job_id), ignore_errors=True)
