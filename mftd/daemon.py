@@ -116,7 +116,8 @@ class Daemon:
         """Run ``tick`` every ``settings.tick_seconds`` in a background thread, starting now."""
         from apscheduler.schedulers.background import BackgroundScheduler
 
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        # A tick that outlasts the interval is expected (a worker being killed); APScheduler would warn each time.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
         scheduler = BackgroundScheduler(timezone=timezone.utc)
         scheduler.add_job(
             self.tick,
