@@ -1,0 +1,232 @@
+"""One run of a job, start to end: read the job, resolve its config, load model and data, resume, train, save.
+
+This is where the job's config is read; everything below takes plain arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from sqlalchemy.engine import Engine
+
+from jobs.artifacts import save_artifacts
+from jobs.batches import micro_batches
+from jobs.checkpoint import (
+    CheckpointContents,
+    checkpoint_folders,
+    folder_size_bytes,
+    prune_checkpoints,
+    read_checkpoint,
+    verify_checkpoint,
+    write_checkpoint,
+)
+from jobs.data import FALLBACK_CHAT_TEMPLATE, TokenizedDataset, tokenize_dataset
+from jobs.errors import CorruptCheckpointError, JobConfigError, JobNotFoundError
+from jobs.model_setup import (
+    add_lora_adapter,
+    count_parameters,
+    enable_gradient_checkpointing,
+    load_model,
+    load_model_config,
+    load_tokenizer,
+    load_trainable_state,
+    trainable_state,
+)
+from jobs.optimization import build_lr_scheduler, build_optimizer
+from jobs.reporting import JobReporter
+from jobs.resolved_config import ResolvedJobConfig, resolve_config, write_resolved_config
+from jobs.stop import StopSignal
+from jobs.training import LoopEnd, StepReport, train
+from jobs.training_state import TrainingProgress, restore_rng_state, seed_everything
+from mftd.db import new_session
+from mftd.jobconfig import JobConfig
+from mftd.protocol import CHECKPOINTS_DIRNAME, RESOLVED_CONFIG_FILENAME
+from mftd.settings import Settings
+from mftd.tables import Dataset, Job, Model
+
+
+def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReporter, stop: StopSignal) -> LoopEnd:
+    """Train job ``job_id`` from its newest valid checkpoint until it is done or asked to stop.
+
+    Args:
+        job_id: the job's row id.
+        settings: the daemon's settings (for the job folder).
+        engine: the SQLite engine.
+        reporter: where events, metrics and progress go.
+        stop: read before every micro-batch.
+
+    Returns:
+        ``LoopEnd.COMPLETED`` with artifacts saved, or ``LoopEnd.STOPPED`` with a checkpoint of the last completed step.
+
+    Raises:
+        JobSetupError: the job cannot run as configured (bad config, model or dataset).
+    """
+    job, model_row, dataset_row = _load_rows(engine, job_id)
+    config = _parse_config(job.config_json)
+    job_dir = settings.job_dir(job_id)
+    model_path = Path(model_row.path)
+    model_config = load_model_config(model_path)
+    tokenizer = load_tokenizer(model_path)
+    dataset = tokenize_dataset(Path(dataset_row.path), tokenizer, config.dataset_format, config.max_seq_len)
+    _report_dataset(reporter, dataset, config.max_seq_len)
+    resolved = resolve_config(
+        config,
+        architecture=(model_config.architectures or [type(model_config).__name__])[0],
+        model_type=model_config.model_type,
+        dataset_format=dataset.dataset_format,
+        num_examples=len(dataset.examples),
+        default_num_threads=torch.get_num_threads(),
+    )
+    write_resolved_config(resolved, job_dir / RESOLVED_CONFIG_FILENAME)
+    torch.set_num_threads(resolved.num_threads)
+
+    reporter.event("loading model", data={"path": str(model_path)})
+    model = _build_trainable_model(model_path, resolved)
+    total_parameters, trainable_parameters = count_parameters(model)
+    reporter.event(
+        f"model loaded ({total_parameters:,} params, {trainable_parameters:,} trainable)",
+        data={"parameters": total_parameters, "trainable": trainable_parameters, "lora_target_modules": resolved.lora_target_modules},
+    )
+    optimizer = build_optimizer(
+        model.named_parameters(), resolved.learning_rate, resolved.weight_decay, (resolved.adam_beta1, resolved.adam_beta2), resolved.adam_epsilon
+    )
+    scheduler = build_lr_scheduler(optimizer, resolved.lr_schedule, resolved.warmup_steps, resolved.total_steps)
+    checkpoints_dir = job_dir / CHECKPOINTS_DIRNAME
+    config_json = resolved.model_dump(mode="json")
+    progress = _resume_from_newest_checkpoint(checkpoints_dir, config_json, model, optimizer, scheduler, reporter)
+    reporter.forget_train_metrics_after(progress.step)
+    reporter.progress(progress.step, resolved.total_steps, job.loss if progress.step else None)
+    last_checkpoint_step = progress.step
+
+    def save_checkpoint(progress: TrainingProgress, rng_state: dict[str, Any]) -> None:
+        nonlocal last_checkpoint_step
+        contents = CheckpointContents(
+            trainable_state(model), optimizer.state_dict(), scheduler.state_dict(), progress, rng_state, config_json
+        )
+        folder = write_checkpoint(checkpoints_dir, contents)
+        removed = prune_checkpoints(checkpoints_dir, resolved.keep_checkpoints)
+        reporter.checkpoints_changed(folder, progress.step, folder_size_bytes(folder), removed)
+        last_checkpoint_step = progress.step
+
+    def on_step(report: StepReport, progress: TrainingProgress, rng_state: dict[str, Any]) -> None:
+        is_last = report.step == resolved.total_steps
+        if report.step % resolved.log_every_steps == 0 or is_last:
+            reporter.metric(report.step, report.loss, report.learning_rate, report.grad_norm, report.tokens, report.tokens_per_second)
+        reporter.progress(report.step, resolved.total_steps, report.loss)
+        # The last step needs no checkpoint: the artifacts come right after it.
+        if report.step % resolved.checkpoint_every_steps == 0 and not is_last:
+            save_checkpoint(progress, rng_state)
+
+    batches = micro_batches(
+        dataset.examples, resolved.batch_size, resolved.seed, tokenizer.pad_token_id, progress.epoch, progress.batch_in_epoch
+    )
+    outcome = train(
+        model, optimizer, scheduler, batches, progress, resolved.total_steps, resolved.grad_accum_steps,
+        resolved.max_grad_norm, stop.is_requested, on_step,
+    )
+    if outcome.end == LoopEnd.STOPPED:
+        if outcome.progress.step > last_checkpoint_step:
+            save_checkpoint(outcome.progress, outcome.rng_state)
+        reporter.event(f"stopped at step {outcome.progress.step} of {resolved.total_steps} ({stop.reason})", data={"step": outcome.progress.step})
+        return LoopEnd.STOPPED
+    chat_template = FALLBACK_CHAT_TEMPLATE if dataset.used_fallback_chat_template else None
+    artifacts_dir = save_artifacts(model, tokenizer, job_dir, resolved.method, chat_template)
+    reporter.event("artifacts saved", kind="artifacts", data={"path": str(artifacts_dir), "step": outcome.progress.step})
+    return LoopEnd.COMPLETED
+
+
+def _load_rows(engine: Engine, job_id: int) -> tuple[Job, Model, Dataset]:
+    with new_session(engine) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobNotFoundError(f"job {job_id} is not in the database; start the worker with an existing job id")
+        model_row = session.get(Model, job.model_id)
+        dataset_row = session.get(Dataset, job.dataset_id)
+    if model_row is None or dataset_row is None:
+        missing = "model" if model_row is None else "dataset"
+        raise JobNotFoundError(f"job {job_id} points to {missing} that no longer exists; create the job again with an existing {missing}")
+    return job, model_row, dataset_row
+
+
+def _parse_config(config_json: str) -> JobConfig:
+    try:
+        return JobConfig.model_validate_json(config_json)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(part) for part in item['loc']) or 'config'}: {item['msg']}" for item in error.errors())
+        raise JobConfigError(f"the job's config is not valid: {problems}; create the job again with a fixed config") from error
+
+
+def _report_dataset(reporter: JobReporter, dataset: TokenizedDataset, max_seq_len: int) -> None:
+    counts = {
+        "format": dataset.dataset_format,
+        "examples": len(dataset.examples),
+        "tokens": dataset.num_tokens,
+        "truncated": dataset.num_truncated,
+        "dropped": dataset.num_dropped,
+    }
+    reporter.event(
+        f"dataset: {len(dataset.examples)} examples, {dataset.num_tokens} tokens, {dataset.num_truncated} truncated"
+        + (f", {dataset.num_dropped} dropped (nothing to learn within max_seq_len)" if dataset.num_dropped else ""),
+        data=counts,
+    )
+    if dataset.num_truncated or dataset.num_dropped:
+        reporter.event(
+            f"{dataset.num_truncated} examples were longer than max_seq_len={max_seq_len} and were cut; "
+            "raise max_seq_len if their ends matter",
+            level="warning",
+            data=counts,
+        )
+    if dataset.used_fallback_chat_template:
+        reporter.event(
+            "the tokenizer has no chat template; conversations use the simple 'role: content' fallback template, "
+            "which is saved with the artifacts",
+            level="warning",
+        )
+
+
+def _build_trainable_model(model_path: Path, config: ResolvedJobConfig) -> torch.nn.Module:
+    model = load_model(model_path)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    # Seeded after loading and before the adapter's init, so that its initial weights depend on the seed alone.
+    seed_everything(config.seed)
+    if config.method == "lora":
+        return add_lora_adapter(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+    model.requires_grad_(True)
+    return model
+
+
+def _resume_from_newest_checkpoint(
+    checkpoints_dir: Path,
+    config_json: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    reporter: JobReporter,
+) -> TrainingProgress:
+    """Restore the newest checkpoint that verifies and was trained with this config; a fresh start if none."""
+    for folder in checkpoint_folders(checkpoints_dir):
+        try:
+            verify_checkpoint(folder)
+        except CorruptCheckpointError as error:
+            reporter.event(f"skipped checkpoint {folder.name}: {error}", level="warning", kind="checkpoint")
+            continue
+        contents = read_checkpoint(folder)
+        if contents.config != config_json:
+            changed = sorted(key for key in config_json.keys() | contents.config.keys() if config_json.get(key) != contents.config.get(key))
+            reporter.event(
+                f"skipped checkpoint {folder.name}: it was trained with a different config (changed: {', '.join(changed)})",
+                level="warning",
+                kind="checkpoint",
+            )
+            continue
+        load_trainable_state(model, contents.trainable_weights)
+        optimizer.load_state_dict(contents.optimizer_state)
+        scheduler.load_state_dict(contents.lr_scheduler_state)
+        restore_rng_state(contents.rng_state)
+        reporter.event(f"resumed from step {contents.progress.step}", kind="checkpoint", data=contents.progress.state_dict())
+        return contents.progress
+    return TrainingProgress()
