@@ -137,13 +137,17 @@ class _ChunkSink(io.RawIOBase):
 
 
 def _zip_folder(folder: Path) -> Iterator[bytes]:
-    """A zip of ``folder`` built while it is sent (stored, not compressed: weights hardly compress)."""
+    """A zip of ``folder``'s contents, built while it is sent.
+
+    Paths are relative to the folder, so ``unzip x.zip -d my-adapter`` gives a folder that
+    ``PeftModel.from_pretrained`` loads. Stored, not compressed: weights hardly compress.
+    """
     sink = _ChunkSink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
         for file in sorted(folder.rglob("*")):
             if not file.is_file() or file.is_symlink():
                 continue
-            arcname = f"{folder.name}/{file.relative_to(folder).as_posix()}"
+            arcname = file.relative_to(folder).as_posix()
             with open(file, "rb") as source, archive.open(arcname, "w", force_zip64=True) as target:
                 while chunk := source.read(ZIP_CHUNK_BYTES):
                     target.write(chunk)

@@ -118,8 +118,8 @@ def test_artifacts_list_and_download(client: TestClient, auth: dict[str, str], s
     assert archive.status_code == 200
     assert archive.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(archive.content)) as zipped:
-        assert sorted(zipped.namelist()) == ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/nested/note.txt"]
-        assert zipped.read("adapter/adapter_model.safetensors") == b"\x00" * 1000
+        assert sorted(zipped.namelist()) == ["adapter_config.json", "adapter_model.safetensors", "nested/note.txt"]
+        assert zipped.read("adapter_model.safetensors") == b"\x00" * 1000
         assert zipped.testzip() is None
 
     nested = client.get(f"/v1/jobs/{job_id}/artifacts/adapter/nested/note.txt", headers=auth)
