@@ -170,7 +170,10 @@ class Supervisor:
             if job.status != JobStatus.RUNNING:
                 log.warning("job %s: worker exited with %s while the job was %s; left as it is", job.id, code, job.status)
                 return JobStatus(job.status)
-            ending = _ending(code, job.stop_request, run, _newest_error(session, job.id, run.events_before), job.id)
+            error_message = _newest_error(session, job.id, run.events_before)
+            if error_message is None and code in (protocol.EXIT_FAILED, protocol.EXIT_BAD_CONFIG):
+                error_message = _unrecorded_error_text(code, job.id, self.settings.job_dir(job.id))
+            ending = _ending(code, job.stop_request, run, error_message)
             if ending.counts_as_interruption:
                 made_progress = job.interrupted_at_step is not None and job.step > job.interrupted_at_step
                 job.interruptions = 1 if made_progress else job.interruptions + 1
@@ -242,11 +245,9 @@ class Supervisor:
             set_status(session, job, JobStatus.INTERRUPTED, f"{reason}; resumes from its last checkpoint")
 
 
-def _ending(code: int, stop_request: Optional[str], run: _Run, error_message: Optional[str], job_id: int) -> Ending:
+def _ending(code: int, stop_request: Optional[str], run: _Run, error_message: Optional[str]) -> Ending:
     """How a worker's exit code and the job's stop request decide the job's new status."""
-    failed_text = error_message or (
-        f"the worker exited with code {code} without recording an error; see jobs/{job_id}/{protocol.WORKER_LOG_FILENAME}"
-    )
+    failed_text = error_message or f"the worker exited with code {code}"
     match code, stop_request:
         case protocol.EXIT_SUCCEEDED, _:
             return Ending(JobStatus.SUCCEEDED, "")
@@ -286,6 +287,23 @@ def _how_it_died(code: int, run: _Run) -> str:
             return f"killed by {name} — possibly the out-of-memory killer or Android's phantom process killer"
         return f"killed by {name}"
     return f"the worker exited with unexpected code {code}"
+
+
+def _unrecorded_error_text(code: int, job_id: int, job_dir: Path) -> str:
+    log_name = f"jobs/{job_id}/{protocol.WORKER_LOG_FILENAME}"
+    last_line = _last_line(job_dir / protocol.WORKER_LOG_FILENAME)
+    said = f"; its last words: {last_line}" if last_line else ""
+    return f"the worker exited with code {code} without recording an error{said} (see {log_name})"
+
+
+def _last_line(path: Path, max_bytes: int = 4096) -> Optional[str]:
+    try:
+        with open(path, "rb") as file:
+            file.seek(max(0, path.stat().st_size - max_bytes))
+            lines = [line.strip() for line in file.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    return lines[-1][:300] if lines else None
 
 
 def _newest_event_id(session, job_id: int) -> int:

@@ -89,11 +89,14 @@ def test_failures(supervise, make_job, engine, code, expected_reason):
 def test_exit_1_without_an_error_event_points_at_the_log(make_job, engine, settings):
     job_id = make_job()
     supervisor = Supervisor(
-        engine, settings, command_factory=lambda job_id, data_dir: [sys.executable, "-c", "import sys; sys.exit(1)"]
+        engine, settings, command_factory=lambda job_id, data_dir: [sys.executable, "-c", "import torch_that_is_not_there"]
     )
     supervisor.start(job_id)
     assert run_to_end(supervisor) == JobStatus.FAILED
-    assert "without recording an error; see jobs/" in get_job(engine, job_id).status_reason
+    assert get_job(engine, job_id).status_reason == (
+        "the worker exited with code 1 without recording an error; its last words: "
+        f"ModuleNotFoundError: No module named 'torch_that_is_not_there' (see jobs/{job_id}/worker.log)"
+    )
 
 
 def test_an_old_error_event_is_not_blamed_on_a_new_run(supervise, make_job, engine):
