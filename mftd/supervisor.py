@@ -162,6 +162,7 @@ class Supervisor:
         self._run = None
         now = now or utcnow()
         code = run.process.returncode
+        _kill_leftovers(run.process.pid)
         with new_session(self.engine) as session:
             job = session.get(Job, run.job_id)
             if job is None:
@@ -243,6 +244,14 @@ class Supervisor:
                 terminate_worker(job.worker_pid, grace_seconds=0)
             job.heartbeat_at = None
             set_status(session, job, JobStatus.INTERRUPTED, f"{reason}; resumes from its last checkpoint")
+
+
+def _kill_leftovers(process_group: int) -> None:
+    """Processes the worker started (in its group) must not outlive it and hold on to memory."""
+    try:
+        os.killpg(process_group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _ending(code: int, stop_request: Optional[str], run: _Run, error_message: Optional[str]) -> Ending:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from datetime import timedelta
 
+import psutil
 import pytest
 from sqlmodel import select
 
@@ -362,3 +363,19 @@ def test_poke_runs_a_tick_now_instead_of_at_the_next_interval(engine, settings, 
     job = get_job(engine, job_id)
     assert job.status == JobStatus.INTERRUPTED
     assert "the daemon stopped" in job.status_reason
+
+
+def test_processes_the_worker_started_do_not_outlive_it(make_job, engine, settings, tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid)); sys.exit(0)"
+    )
+    job_id = make_job()
+    supervisor = Supervisor(engine, settings, command_factory=lambda job_id, data_dir: [sys.executable, "-c", script])
+    supervisor.start(job_id)
+    assert run_to_end(supervisor) == JobStatus.SUCCEEDED
+    grandchild = int(pid_file.read_text())
+    wait_until(lambda: not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE,
+               timeout=5, what="the worker's own child to be killed")
