@@ -25,6 +25,17 @@ class InvalidTransitionError(MftdError):
         )
 
 
+class StatusChangedError(InvalidTransitionError):
+    """The job's status changed in the database between reading it and writing the new one."""
+
+    def __init__(self, job_id: int, was: str, now: str, requested: str, allowed: list[str]):
+        super().__init__(job_id, now, requested, allowed)
+        self.args = (
+            f"job {job_id} changed from {was} to {now} while this request was handled, so it was not made {requested}; "
+            "look at the job again and retry if it still makes sense.",
+        )
+
+
 class ModelValidationError(MftdError):
     """A model folder or file that cannot be registered."""
 

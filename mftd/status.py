@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from mftd.errors import InvalidTransitionError
+from mftd.errors import InvalidTransitionError, StatusChangedError
 from mftd.timeutil import utcnow
 
 if TYPE_CHECKING:
@@ -66,15 +66,27 @@ def set_status(session: "Session", job: "Job", new: JobStatus, reason: str = "")
 
     This is the only place a job's status is written.
 
+    The write is a compare-and-set on the status the caller read, so two writers (the API
+    pausing a job while the scheduler starts it) cannot both win: the loser gets the error.
+
     Raises:
-        InvalidTransitionError: the move is not in ``ALLOWED_MOVES``.
+        InvalidTransitionError: the move is not in ``ALLOWED_MOVES``, or the job's status
+            changed in the database since ``job`` was read.
     """
-    from mftd.tables import Event
+    from sqlalchemy import update
+
+    from mftd.tables import Event, Job
 
     current = JobStatus(job.status)
     if not can_move(current, new):
-        raise InvalidTransitionError(
-            job.id, current.value, new.value, sorted(status.value for status in ALLOWED_MOVES[current])
+        raise _transition_error(job.id, current, new)
+    result = session.execute(update(Job).where(Job.id == job.id, Job.status == current).values(status=new))
+    if result.rowcount != 1:
+        session.rollback()
+        session.refresh(job)
+        now_status = JobStatus(job.status)
+        raise StatusChangedError(
+            job.id, current.value, now_status.value, new.value, sorted(status.value for status in ALLOWED_MOVES[now_status])
         )
     now = utcnow()
     job.status = new
@@ -93,3 +105,7 @@ def set_status(session: "Session", job: "Job", new: JobStatus, reason: str = "")
     session.add(Event(job_id=job.id, kind="status", level=level, message=message, created_at=now))
     session.commit()
     session.refresh(job)
+
+
+def _transition_error(job_id: int, current: JobStatus, new: JobStatus) -> InvalidTransitionError:
+    return InvalidTransitionError(job_id, current.value, new.value, sorted(status.value for status in ALLOWED_MOVES[current]))
