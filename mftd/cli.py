@@ -36,7 +36,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
-        parser.print_help()
+        getattr(args, "help_parser", parser).print_help()
         return 2
     try:
         return args.handler(args) or 0
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, handler: Callable, help: str, parents=(client,)) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help, parents=list(parents))
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, help_parser=sub)
         return sub
 
     serve = command("serve", cmd_serve, "Run the daemon (HTTP API + scheduler) in the foreground.", parents=(common,))

@@ -170,7 +170,7 @@ def test_sigterm_stops_the_daemon_cleanly_and_the_job_resumes_after_a_restart(tm
         daemon.cli("models", "add", "tiny", str(tmp_path / "m"))
         (tmp_path / "d.jsonl").write_text('{"text": "hi"}\n')
         daemon.cli("datasets", "add", "words", str(tmp_path / "d.jsonl"))
-        job_id = submit(daemon, "train:30:0.1")
+        job_id = submit(daemon, "train:30:0.05")
         wait_until(lambda: job_json(daemon, job_id)["step"] >= 2, what="some progress")
     finally:
         assert daemon.stop() == 0
