@@ -298,8 +298,8 @@ def _run_with_progress(command: list[str]) -> Optional[str]:
             payload = json.loads(line)
         except ValueError:
             payload = line
-        last = _describe_progress(payload)
-        print(f"  {last}", file=sys.stderr, flush=True)
+        print(f"  {_describe_progress(payload)}", file=sys.stderr, flush=True)
+        last = str(payload.get("message") or last) if isinstance(payload, dict) else line
     code = process.wait()
     if code == 0:
         return None
@@ -307,20 +307,24 @@ def _run_with_progress(command: list[str]) -> Optional[str]:
 
 
 def _describe_progress(payload: Any) -> str:
+    """One progress line of the converter (``{"stage", "progress": 0..1, "message", ...}``) for people."""
     if not isinstance(payload, dict):
         return str(payload)
-    text = str(payload.get("message") or payload.get("stage") or payload.get("event") or "")
-    done, total = payload.get("done"), payload.get("total")
-    if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total:
-        text += f" {done}/{total} ({100 * done / total:.0f}%)"
-    elif isinstance(payload.get("progress"), (int, float)):
-        text += f" {100 * payload['progress']:.0f}%"
-    return text.strip() or json.dumps(payload)
+    progress = payload.get("progress")
+    prefix = f"[{100 * progress:3.0f}%] " if isinstance(progress, (int, float)) else ""
+    stage = payload.get("stage")
+    text = str(payload.get("message") or stage or json.dumps(payload))
+    if isinstance(payload.get("elapsed_seconds"), (int, float)):
+        text += f" (still working, {payload['elapsed_seconds']:g} s)"
+    if stage == "done" and isinstance(payload.get("seconds"), (int, float)):
+        text = f"done in {payload['seconds']:g} s"
+    return prefix + text
 
 
 def _child_env() -> dict[str, str]:
-    """The environment for ``python -m jobs...``, with this checkout importable when mftd is not installed."""
+    """The environment for ``python -m jobs...``: this checkout importable when mftd is not installed, no progress bars."""
     env = dict(os.environ)
+    env.setdefault("TQDM_DISABLE", "1")  # the JSON progress lines say it already
     root = str(Path(__file__).resolve().parent.parent)
     if (Path(root) / "jobs").is_dir() and root not in env.get("PYTHONPATH", "").split(os.pathsep):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), root]))

@@ -136,19 +136,20 @@ else:
 
 FAKE_GGUF_IMPORT_SOURCE = (
     r'''
-"""A fake GGUF importer: JSON progress lines on stdout, then a model folder (or exit 1 for a file holding 'bad')."""
+"""A fake GGUF importer: JSON progress lines on stdout as jobs.gguf_import prints them, then a model folder (exit 78 for a file holding 'bad')."""
 import json, sys, time
 from pathlib import Path
 '''
     + MODEL_FOLDER_SOURCE
     + r'''
 source, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
-print(json.dumps({"stage": "read", "message": f"reading {source.name}", "done": 1, "total": 2}), flush=True)
+print(json.dumps({"stage": "reading", "progress": 0.0, "message": f"reading {source.name}"}), flush=True)
 if source.read_text().strip() == "bad":
-    print(json.dumps({"stage": "error", "message": "not a GGUF file"}), flush=True)
-    sys.exit(1)
+    print(json.dumps({"stage": "error", "progress": 1.0, "message": "not a GGUF file"}), flush=True)
+    sys.exit(78)
+print(json.dumps({"stage": "weights", "progress": 0.2, "elapsed_seconds": 10}), flush=True)
 write_model_folder(out_dir)
-print(json.dumps({"stage": "write", "message": "wrote the folder", "done": 2, "total": 2}), flush=True)
+print(json.dumps({"stage": "done", "progress": 1.0, "seconds": 0.5, "path": str(out_dir)}), flush=True)
 '''
 )
 

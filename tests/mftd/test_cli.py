@@ -210,8 +210,9 @@ def test_models_import_runs_the_converter_as_a_child_and_registers_its_folder(da
     gguf = daemon.data_dir.parent / "tiny.gguf"
     gguf.write_text("pretend GGUF")
     result = daemon.cli("models", "import", str(gguf), "--name", "imported")
-    assert "reading tiny.gguf 1/2 (50%)" in result.stderr
-    assert "wrote the folder 2/2 (100%)" in result.stderr
+    assert "[  0%] reading tiny.gguf" in result.stderr
+    assert "[ 20%] weights (still working, 10 s)" in result.stderr
+    assert "[100%] done in 0.5 s" in result.stderr
     models = {model["name"]: model for model in json.loads(daemon.cli("models", "list", "--json").stdout)}
     assert models["imported"]["path"] == str(daemon.data_dir / "models" / "imported")
 
@@ -224,7 +225,7 @@ def test_a_failed_import_leaves_nothing_behind(daemon):
     bad.write_text("bad")
     result = daemon.cli("models", "import", str(bad), "--name", "broken", check=False)
     assert result.returncode == 1
-    assert "the GGUF import failed: not a GGUF file (exit code 1)" in result.stderr
+    assert "the GGUF import failed: not a GGUF file (exit code 78)" in result.stderr
     assert not (daemon.data_dir / "models" / "broken").exists()
 
 
