@@ -10,6 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from jobs.errors import JobConfigError, ModelNotUsableError
+from mftd.modelinfo import TOKENIZER_FILE_SETS
 
 ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -60,6 +61,10 @@ def load_tokenizer(model_path: Path) -> Any:
     Raises:
         ModelNotUsableError: no tokenizer in the folder, or one without an end-of-sequence token.
     """
+    # Without these files transformers builds an empty tokenizer from the model family's defaults instead of failing.
+    if not any(all((Path(model_path) / name).is_file() for name in file_set) for file_set in TOKENIZER_FILE_SETS):
+        wanted = " or ".join("+".join(file_set) for file_set in TOKENIZER_FILE_SETS)
+        raise ModelNotUsableError(f"model folder {model_path} has no tokenizer files ({wanted}); copy the tokenizer into it")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
     except (OSError, ValueError) as error:
