@@ -42,6 +42,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return args.handler(args) or 0
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `mftd jobs | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (MftdError, OSError) as error:
         print(f"mftd: {error}", file=sys.stderr)
         return 1
@@ -128,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("device", cmd_device, "Show the device readings and whether training may run.", parents=(client, as_json))
 
-    wait = command("wait", cmd_wait, "Wait until a job ends; exit 0 if it succeeded, else 1.")
+    wait = command("wait", cmd_wait, "Wait until a job ends; exit 0 if it succeeded, else 1 (also when it is paused).")
     wait.add_argument("job_id", type=int)
     wait.add_argument("--timeout", type=float, help="Give up after this many seconds (exit 1).")
     return parser
@@ -482,6 +485,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
             if job["status"] in FINAL_STATUSES:
                 print(_job_line(job))
                 return 0 if job["status"] == "succeeded" else 1
+            if job["status"] == "paused":  # it will not move until someone resumes it
+                print(_job_line(job))
+                print(f"mftd: job {args.job_id} is paused; `mftd resume {args.job_id}` to continue it", file=sys.stderr)
+                return 1
             if deadline is not None and time.monotonic() > deadline:
                 print(f"mftd: gave up waiting after {args.timeout:g} s; {_job_line(job)}", file=sys.stderr)
                 return 1

@@ -291,6 +291,8 @@ def test_pause_resume_cancel_and_logs(daemon, model_and_dataset):
     assert paused.stdout.startswith(f"job {job_id}: ")
     wait_for_status(daemon, job_id, "paused")
     assert daemon.cli("pause", str(job_id), check=False).returncode == 1  # paused -> paused is not a move
+    waited = daemon.cli("wait", str(job_id), check=False)
+    assert waited.returncode == 1 and f"`mftd resume {job_id}`" in waited.stderr
 
     daemon.cli("resume", str(job_id))
     wait_for_status(daemon, job_id, "running")
