@@ -7,6 +7,7 @@ so the CLI's client commands start fast.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TICK_JOB_ID = "tick"
 DAEMON_INFO_FILENAME = "daemon.json"
+LOCK_FILENAME = "daemon.lock"
 GRACEFUL_HTTP_SHUTDOWN_SECONDS = 5
 
 DeviceReader = Callable[[Path], DeviceState]
@@ -157,12 +159,12 @@ def serve(settings: Settings) -> None:
 
     Raises:
         RemoteHostRefusedError: ``settings.host`` is not loopback and ``allow_remote`` is off.
-        ConflictError: another daemon is running on the same data dir.
+        ConflictError: another daemon holds the data dir's lock.
         OSError: the address is in use.
     """
     check_host_allowed(settings)
     settings.ensure_dirs()
-    _refuse_second_daemon(settings.data_dir)
+    lock = _lock_data_dir(settings.data_dir)
 
     from mftd.token import load_or_create_token
 
@@ -214,6 +216,7 @@ def serve(settings: Settings) -> None:
         engine.dispose()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        lock.close()
         log.info("mftd stopped")
 
 
@@ -254,13 +257,19 @@ def read_daemon_info(data_dir: Path) -> Optional[dict]:
     return info if "mftd" in command_line else None  # a reused pid is not our daemon
 
 
-def _refuse_second_daemon(data_dir: Path) -> None:
-    info = read_daemon_info(data_dir)
-    if info is not None and int(info["pid"]) != os.getpid():
+def _lock_data_dir(data_dir: Path):
+    """Hold an exclusive lock on the data dir for this process's life; the kernel releases it however we exit."""
+    lock = open(data_dir / LOCK_FILENAME, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        info = read_daemon_info(data_dir) or {}
+        where = f" (pid {info['pid']}, at {info.get('url')})" if info else ""
         raise ConflictError(
-            f"another mftd (pid {info['pid']}) is already running on {data_dir} at {info.get('url')}; "
-            "stop it first, or use another --data-dir"
-        )
+            f"another mftd{where} is already running on {data_dir}; stop it first, or use another --data-dir"
+        ) from None
+    return lock
 
 
 def _bind(host: str, port: int) -> socket.socket:

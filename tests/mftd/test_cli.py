@@ -153,7 +153,7 @@ def test_serve_refuses_a_remote_host_without_allow_remote(tmp_path):
 def test_a_second_daemon_on_the_same_data_dir_is_refused(daemon):
     result = daemon.cli("serve", "--data-dir", str(daemon.data_dir), "--port", "0", check=False)
     assert result.returncode == 1
-    assert f"another mftd (pid {daemon.process.pid}) is already running" in result.stderr
+    assert f"another mftd (pid {daemon.process.pid}, at {daemon.info['url']}) is already running" in result.stderr
 
 
 def test_a_wrong_token_is_reported(daemon):
@@ -186,6 +186,32 @@ def test_sigterm_stops_the_daemon_cleanly_and_the_job_resumes_after_a_restart(tm
         assert job["interruptions"] == 0
         assert daemon.cli("wait", str(job_id)).returncode == 0
         assert job_json(daemon, job_id)["step"] == 30
+    finally:
+        daemon.stop()
+
+
+def test_after_a_sigkilled_daemon_the_next_one_stops_the_surviving_worker_and_resumes_the_job(tmp_path, fake_jobs_root):
+    data_dir = tmp_path / "data"
+    daemon = Daemon(data_dir, fake_jobs_root, tmp_path / "daemon.log")
+    try:
+        write_model_folder(tmp_path / "m")
+        daemon.cli("models", "add", "tiny", str(tmp_path / "m"))
+        (tmp_path / "d.jsonl").write_text('{"text": "hi"}\n')
+        daemon.cli("datasets", "add", "words", str(tmp_path / "d.jsonl"))
+        job_id = submit(daemon, "train:40:0.05")
+        wait_until(lambda: job_json(daemon, job_id)["step"] >= 2, what="some progress")
+    finally:
+        daemon.process.kill()
+        daemon.process.wait()
+    worker_pid = int((data_dir / "jobs" / str(job_id) / "ready").read_text())
+    assert psutil.pid_exists(worker_pid), "the worker lives in its own session and outlives the daemon"
+
+    daemon = Daemon(data_dir, fake_jobs_root, tmp_path / "daemon.log")  # the data dir lock died with the old daemon
+    try:
+        assert not psutil.pid_exists(worker_pid) or psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
+        assert "its worker (pid" in (tmp_path / "daemon.log").read_text()
+        assert daemon.cli("wait", str(job_id)).returncode == 0
+        assert job_json(daemon, job_id)["interruptions"] == 0
     finally:
         daemon.stop()
 
