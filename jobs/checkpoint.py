@@ -152,8 +152,18 @@ def read_checkpoint(folder: Path) -> CheckpointContents:
         lr_scheduler_state=state[LR_SCHEDULER_KEY],
         progress=TrainingProgress.from_state_dict(state[PROGRESS_KEY]),
         rng_state=state[RNG_KEY],
-        config=json.loads((folder / CONFIG_FILENAME).read_text()),
+        config=read_checkpoint_config(folder),
     )
+
+
+def read_checkpoint_config(folder: Path) -> dict[str, Any]:
+    """The resolved config a checkpoint was trained with (cheap: weights and state stay on disk)."""
+    return json.loads((folder / CONFIG_FILENAME).read_text())
+
+
+def remove_checkpoints(folders: list[Path]) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def prune_checkpoints(checkpoints_dir: Path, keep: int) -> list[Path]:
@@ -164,11 +174,9 @@ def prune_checkpoints(checkpoints_dir: Path, keep: int) -> list[Path]:
     """
     if not checkpoints_dir.is_dir():
         return []
-    for leftover in checkpoints_dir.glob(f"{TEMPORARY_PREFIX}*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    remove_checkpoints(list(checkpoints_dir.glob(f"{TEMPORARY_PREFIX}*")))
     removed = checkpoint_folders(checkpoints_dir)[keep:]
-    for folder in removed:
-        shutil.rmtree(folder, ignore_errors=True)
+    remove_checkpoints(removed)
     return removed
 
 

@@ -6,7 +6,7 @@ This is where the job's config is read; everything below takes plain arguments.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from pydantic import ValidationError
@@ -20,6 +20,8 @@ from jobs.checkpoint import (
     folder_size_bytes,
     prune_checkpoints,
     read_checkpoint,
+    read_checkpoint_config,
+    remove_checkpoints,
     verify_checkpoint,
     write_checkpoint,
 )
@@ -46,6 +48,11 @@ from mftd.jobconfig import JobConfig
 from mftd.protocol import CHECKPOINTS_DIRNAME, RESOLVED_CONFIG_FILENAME
 from mftd.settings import Settings
 from mftd.tables import Dataset, Job, Model
+
+
+# Bookkeeping that may differ between runs without making a checkpoint unusable. (Another thread
+# count can change the last bits of sums, but resuming is still far better than starting over.)
+FIELDS_THAT_DO_NOT_CHANGE_TRAINING = frozenset({"num_threads", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"})
 
 
 def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReporter, stop: StopSignal) -> LoopEnd:
@@ -207,26 +214,44 @@ def _resume_from_newest_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     reporter: JobReporter,
 ) -> TrainingProgress:
-    """Restore the newest checkpoint that verifies and was trained with this config; a fresh start if none."""
+    """Restore the newest checkpoint that verifies and was trained with this config; a fresh start if none.
+
+    Checkpoints skipped on the way are deleted: left in place, their higher step numbers would make
+    pruning keep them instead of the new ones.
+    """
+    unusable: list[Path] = []
+    progress = TrainingProgress()
     for folder in checkpoint_folders(checkpoints_dir):
-        try:
-            verify_checkpoint(folder)
-        except CorruptCheckpointError as error:
-            reporter.event(f"skipped checkpoint {folder.name}: {error}", level="warning", kind="checkpoint")
+        problem = _why_not_resumable(folder, config_json)
+        if problem is not None:
+            reporter.event(f"skipped checkpoint {folder.name}: {problem}; deleting it", level="warning", kind="checkpoint")
+            unusable.append(folder)
             continue
         contents = read_checkpoint(folder)
-        if contents.config != config_json:
-            changed = sorted(key for key in config_json.keys() | contents.config.keys() if config_json.get(key) != contents.config.get(key))
-            reporter.event(
-                f"skipped checkpoint {folder.name}: it was trained with a different config (changed: {', '.join(changed)})",
-                level="warning",
-                kind="checkpoint",
-            )
-            continue
         load_trainable_state(model, contents.trainable_weights)
         optimizer.load_state_dict(contents.optimizer_state)
         scheduler.load_state_dict(contents.lr_scheduler_state)
         restore_rng_state(contents.rng_state)
         reporter.event(f"resumed from step {contents.progress.step}", kind="checkpoint", data=contents.progress.state_dict())
-        return contents.progress
-    return TrainingProgress()
+        progress = contents.progress
+        break
+    if unusable:
+        remove_checkpoints(unusable)
+        reporter.checkpoints_removed(unusable)
+    return progress
+
+
+def _why_not_resumable(folder: Path, config_json: dict[str, Any]) -> Optional[str]:
+    try:
+        verify_checkpoint(folder)
+    except CorruptCheckpointError as error:
+        return str(error)
+    saved_config = read_checkpoint_config(folder)
+    changed = sorted(
+        key
+        for key in (config_json.keys() | saved_config.keys()) - FIELDS_THAT_DO_NOT_CHANGE_TRAINING
+        if config_json.get(key) != saved_config.get(key)
+    )
+    if changed:
+        return f"it was trained with a different config (changed: {', '.join(changed)})"
+    return None

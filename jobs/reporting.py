@@ -86,11 +86,16 @@ class JobReporter:
             session.exec(delete(Metric).where(Metric.job_id == self.job_id, Metric.split == "train", Metric.step > step))
             session.commit()
 
+    def checkpoints_removed(self, removed: list[Path]) -> None:
+        """Forget the rows of deleted checkpoint folders."""
+        with new_session(self.engine) as session:
+            self._delete_checkpoint_rows(session, removed)
+            session.commit()
+
     def checkpoints_changed(self, written: Path, step: int, size_bytes: int, removed: list[Path]) -> None:
         """Record a new checkpoint folder and forget the rows of deleted ones."""
         with new_session(self.engine) as session:
-            paths_gone = [str(path) for path in removed] + [str(written)]  # a rewrite of the same step replaces its row
-            session.exec(delete(Checkpoint).where(Checkpoint.job_id == self.job_id, Checkpoint.path.in_(paths_gone)))
+            self._delete_checkpoint_rows(session, [*removed, written])  # a rewrite of the same step replaces its row
             session.add(Checkpoint(job_id=self.job_id, step=step, path=str(written), size_bytes=size_bytes))
             session.add(
                 Event(
@@ -102,6 +107,10 @@ class JobReporter:
             )
             session.commit()
         logger.info("checkpoint saved at step %d in %s", step, written)
+
+    def _delete_checkpoint_rows(self, session, folders: list[Path]) -> None:
+        paths = [str(folder) for folder in folders]
+        session.exec(delete(Checkpoint).where(Checkpoint.job_id == self.job_id, Checkpoint.path.in_(paths)))
 
 
 class Heartbeat:

@@ -92,6 +92,9 @@ def _setup_logging() -> None:
     logging.basicConfig(
         stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+
+
+def _quiet_progress_bars() -> None:
     # Loading bars redraw with carriage returns, which make worker.log unreadable.
     from transformers.utils import logging as transformers_logging
 
@@ -103,10 +106,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("job_id", type=int, help="The job's id in the database.")
     parser.add_argument("--data-dir", type=Path, required=True, help="The daemon's data dir (database, jobs/<id>/).")
     args = parser.parse_args(argv)
+    _setup_logging()
+    # Before anything slow (importing torch takes seconds): a SIGTERM from now on means "checkpoint and exit 75".
     stop = StopSignal()
     install_stop_handlers(stop)
     ask_for_sigterm_when_parent_dies(stop)
-    _setup_logging()
+    _quiet_progress_bars()
     return run_worker(args.job_id, Settings(data_dir=args.data_dir), stop)
 
 

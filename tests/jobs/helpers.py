@@ -7,11 +7,15 @@ import random
 from pathlib import Path
 from typing import Any, Iterable
 
+import torch
+from safetensors.torch import load_file
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from jobs.stop import StopSignal
 from mftd.db import new_session
+from mftd.protocol import ADAPTER_DIRNAME, FULL_MODEL_DIRNAME
+from mftd.settings import Settings
 from mftd.tables import Checkpoint, Dataset, Event, Job, Metric, Model
 from tests.jobs.tiny_models import WORDS
 
@@ -90,6 +94,19 @@ def job_row(engine: Engine, job_id: int) -> Job:
 def checkpoint_rows(engine: Engine, job_id: int) -> list[Checkpoint]:
     with new_session(engine) as session:
         return list(session.exec(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)).all())
+
+
+def final_weights(settings: Settings, job_id: int, method: str = "lora") -> dict[str, torch.Tensor]:
+    """The tensors of a finished job's adapter (or full model)."""
+    folder = settings.job_dir(job_id) / (ADAPTER_DIRNAME if method == "lora" else FULL_MODEL_DIRNAME)
+    [weights_file] = folder.glob("*.safetensors")
+    return load_file(weights_file)
+
+
+def assert_same_tensors(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> None:
+    assert expected.keys() == actual.keys()
+    different = [name for name in expected if not torch.equal(expected[name], actual[name])]
+    assert not different, f"{len(different)} of {len(expected)} tensors differ, e.g. {different[:3]}"
 
 
 class StopAtMicroBatch(StopSignal):

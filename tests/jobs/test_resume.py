@@ -6,15 +6,27 @@ in for SIGTERM at a chosen micro-batch.
 
 from __future__ import annotations
 
-import pytest
-import torch
-from safetensors.torch import load_file
+import json
 
+import pytest
 from jobs.checkpoint import TRAINABLE_WEIGHTS_FILENAME, checkpoint_folders
 from jobs.stop import StopSignal
 from jobs.worker import run_worker
-from mftd.protocol import ADAPTER_DIRNAME, CHECKPOINTS_DIRNAME, EXIT_STOPPED, EXIT_SUCCEEDED, FULL_MODEL_DIRNAME
-from tests.jobs.helpers import StopAtMicroBatch, chat_records, checkpoint_rows, create_job, job_events, job_row, train_metrics, write_jsonl
+from mftd.db import new_session
+from mftd.protocol import CHECKPOINTS_DIRNAME, EXIT_STOPPED, EXIT_SUCCEEDED
+from mftd.tables import Job
+from tests.jobs.helpers import (
+    StopAtMicroBatch,
+    assert_same_tensors,
+    chat_records,
+    checkpoint_rows,
+    create_job,
+    final_weights,
+    job_events,
+    job_row,
+    train_metrics,
+    write_jsonl,
+)
 
 # 20 examples in micro-batches of 2 (10 per epoch), 3 per optimizer step, 8 steps: 24 micro-batches,
 # so the run crosses two epoch boundaries, one of them inside an accumulation group.
@@ -22,12 +34,6 @@ CONFIG = dict(
     batch_size=2, grad_accum_steps=3, max_steps=8, checkpoint_every_steps=3, keep_checkpoints=2,
     learning_rate=1e-2, warmup_steps=2, lr_schedule="cosine", lora_dropout=0.1, weight_decay=0.01, seed=7,
 )
-
-
-def final_weights(settings, job_id: int, method: str) -> dict[str, torch.Tensor]:
-    folder = settings.job_dir(job_id) / (ADAPTER_DIRNAME if method == "lora" else FULL_MODEL_DIRNAME)
-    [weights_file] = folder.glob("*.safetensors")
-    return load_file(weights_file)
 
 
 def run_with_stops(settings, job_id: int, stops: list[int]) -> list[int]:
@@ -58,9 +64,7 @@ def test_interrupted_run_equals_uninterrupted_run(tmp_path, settings, engine, ti
     # Stop 3: 6 micro-batches = steps 5 and 6, stopping exactly after the periodic checkpoint at 6.
     assert run_with_stops(settings, interrupted, [11, 4, 6]) == [EXIT_STOPPED] * 3 + [EXIT_SUCCEEDED]
 
-    expected, actual = final_weights(settings, straight, method), final_weights(settings, interrupted, method)
-    assert expected.keys() == actual.keys()
-    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    assert_same_tensors(final_weights(settings, straight, method), final_weights(settings, interrupted, method))
     assert train_metrics(engine, interrupted) == train_metrics(engine, straight)
     assert [step for step, *_ in train_metrics(engine, straight)] == list(range(1, 9))
     resumed = [event.message for event in job_events(engine, interrupted) if event.message.startswith("resumed")]
@@ -102,9 +106,12 @@ def test_corrupt_newest_checkpoint_is_skipped_and_resume_is_still_exact(tmp_path
     warnings = [event for event in job_events(engine, interrupted) if event.level == "warning"]
     assert len(warnings) == 1 and "skipped checkpoint step-00000004" in warnings[0].message
     assert "checksum" in warnings[0].message
+    # The corrupt one was deleted, so pruning did not keep it over the new step-6 checkpoint.
+    checkpoints_dir = settings.job_dir(interrupted) / CHECKPOINTS_DIRNAME
+    assert [folder.name for folder in checkpoint_folders(checkpoints_dir)] == ["step-00000006", "step-00000003"]
+    assert [row.step for row in checkpoint_rows(engine, interrupted)] == [3, 6]
     assert any(event.message == "resumed from step 3" for event in job_events(engine, interrupted))
-    expected, actual = final_weights(settings, straight, "lora"), final_weights(settings, interrupted, "lora")
-    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    assert_same_tensors(final_weights(settings, straight), final_weights(settings, interrupted))
     assert train_metrics(engine, interrupted) == train_metrics(engine, straight)
 
 
@@ -117,3 +124,15 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path, settings, engine,
     messages = [event.message for event in job_events(engine, job_id)]
     assert any("skipped checkpoint step-00000004: it was trained with a different config" in m and "num_examples" in m for m in messages)
     assert not any(message.startswith("resumed") for message in messages)
+
+
+def test_bookkeeping_changes_do_not_discard_the_checkpoint(tmp_path, settings, engine, tiny_model):
+    job_id = create_job(engine, tiny_model(), write_jsonl(tmp_path / "chat.jsonl", chat_records(20)), **CONFIG)
+    assert run_worker(job_id, settings, StopAtMicroBatch(14)) == EXIT_STOPPED
+    with new_session(engine) as session:
+        job = session.get(Job, job_id)
+        job.config_json = json.dumps({**CONFIG, "keep_checkpoints": 5, "log_every_steps": 2, "num_threads": 2})
+        session.add(job)
+        session.commit()
+    assert run_worker(job_id, settings, StopSignal()) == EXIT_SUCCEEDED
+    assert "resumed from step 4" in [event.message for event in job_events(engine, job_id)]

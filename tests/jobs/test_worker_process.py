@@ -13,8 +13,20 @@ from typing import Callable
 import pytest
 
 from jobs.checkpoint import checkpoint_folders, verify_checkpoint
+from jobs.stop import StopSignal
+from jobs.worker import run_worker
 from mftd.protocol import ADAPTER_DIRNAME, CHECKPOINTS_DIRNAME, EXIT_STOPPED, EXIT_SUCCEEDED, worker_command
-from tests.jobs.helpers import chat_records, checkpoint_rows, create_job, job_events, job_row, train_metrics, write_jsonl
+from tests.jobs.helpers import (
+    assert_same_tensors,
+    chat_records,
+    checkpoint_rows,
+    create_job,
+    final_weights,
+    job_events,
+    job_row,
+    train_metrics,
+    write_jsonl,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STEPS = 120
@@ -74,6 +86,12 @@ def test_sigterm_checkpoints_and_exits_75_then_a_new_worker_finishes(tmp_path, s
     assert (settings.job_dir(job_id) / ADAPTER_DIRNAME / "adapter_model.safetensors").is_file()
     assert [step for step, *_ in train_metrics(engine, job_id)] == list(range(1, STEPS + 1))
     assert any(event.message == f"resumed from step {stopped_at}" for event in job_events(engine, job_id))
+
+    # Bit-exact across processes too: the same job run straight through, here in the test process.
+    straight = create_job(engine, tiny_model(), tmp_path / "chat.jsonl", **CONFIG)
+    assert run_worker(straight, settings, StopSignal()) == EXIT_SUCCEEDED
+    assert_same_tensors(final_weights(settings, straight), final_weights(settings, job_id))
+    assert train_metrics(engine, straight) == train_metrics(engine, job_id)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
