@@ -10,6 +10,9 @@ Three formats, detected from the keys of each line (or forced by ``JobConfig.dat
 A label of ``IGNORE_INDEX`` means "no loss on predicting this token". Examples longer than
 ``max_seq_len`` are cut at the end and counted; an example left with nothing to learn is dropped and
 counted.
+
+Lines are validated first by ``mftd.datasets.validate_jsonl``, the same check the daemon runs at
+registration, so that a file changed since then is reported the same way.
 """
 
 from __future__ import annotations
@@ -17,14 +20,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from jobs.errors import DatasetNotUsableError
+from mftd.datasets import validate_jsonl
+from mftd.errors import DatasetValidationError
 
 IGNORE_INDEX = -100
-# Each format and the keys a line must have, in the order detection tries them.
-REQUIRED_KEYS = {"messages": ("messages",), "prompt_completion": ("prompt", "completion"), "text": ("text",)}
-FORMATS = tuple(REQUIRED_KEYS)
 MAX_PROBLEMS_IN_MESSAGE = 10
 
 # Used when the tokenizer has no chat template. Each turn is "<role>:" on a line, then its content, and
@@ -60,7 +62,6 @@ class TokenizedDataset:
 
     examples: list[TokenizedExample]
     dataset_format: str
-    num_records: int
     num_truncated: int
     num_dropped: int
     used_fallback_chat_template: bool
@@ -70,36 +71,12 @@ class TokenizedDataset:
         return sum(len(example.input_ids) for example in self.examples)
 
 
-def read_jsonl(path: Path) -> list[tuple[int, Any]]:
-    """The parsed lines of a JSONL file with their 1-based line numbers; blank lines are skipped.
-
-    Raises:
-        DatasetNotUsableError: the file is missing, or lines are not JSON (all bad lines are listed).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetNotUsableError(f"dataset file {path} does not exist; register the dataset again or fix its path")
-    records: list[tuple[int, Any]] = []
-    problems: list[tuple[int, str]] = []
-    with path.open(encoding="utf-8") as lines:
+def read_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """The parsed lines of a JSONL file that ``validate_jsonl`` accepted, with 1-based line numbers."""
+    with Path(path).open(encoding="utf-8-sig") as lines:  # -sig: validation accepts a byte-order mark
         for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append((line_number, json.loads(line)))
-            except json.JSONDecodeError as error:
-                problems.append((line_number, f"not valid JSON ({error.msg})"))
-    _raise_if_problems(path, problems)
-    return records
-
-
-def detect_format(record: Any) -> str | None:
-    """The format a parsed line is written in, from its keys, or None if it fits none."""
-    return next((name for name in REQUIRED_KEYS if _has_keys(record, name)), None)
-
-
-def _has_keys(record: Any, dataset_format: str) -> bool:
-    return isinstance(record, dict) and all(key in record for key in REQUIRED_KEYS[dataset_format])
+            if line.strip():
+                yield line_number, json.loads(line)
 
 
 def tokenize_dataset(path: Path, tokenizer: Any, dataset_format: str, max_seq_len: int) -> TokenizedDataset:
@@ -108,25 +85,26 @@ def tokenize_dataset(path: Path, tokenizer: Any, dataset_format: str, max_seq_le
     Args:
         path: the JSONL file.
         tokenizer: a Hugging Face fast tokenizer (offsets are needed for chat data).
-        dataset_format: ``auto`` (detect from the first line) or one of ``FORMATS``.
+        dataset_format: ``auto`` (detect from the keys) or ``text``, ``prompt_completion``, ``messages``.
         max_seq_len: longer examples are cut to this many tokens.
 
     Returns:
         The examples that have at least one token to learn, with counts of truncated and dropped ones.
 
     Raises:
-        DatasetNotUsableError: bad lines (all listed with line numbers), or nothing left to train on.
+        DatasetNotUsableError: a missing file, bad lines (all listed with line numbers), lines the
+            chat template cannot render, or nothing left to train on.
     """
-    records = read_jsonl(path)
-    if not records:
-        raise DatasetNotUsableError(f"dataset {path} has no examples; add JSONL lines to it")
-    if dataset_format == "auto":
-        dataset_format = detect_format(records[0][1]) or "text"
+    try:
+        dataset_format = validate_jsonl(path, dataset_format).format
+    except DatasetValidationError as error:
+        raise DatasetNotUsableError(f"{error}; fix the file and start the job again", error.problems) from error
     chat_template = getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
     examples: list[TokenizedExample] = []
     problems: list[tuple[int, str]] = []
-    num_truncated = 0
-    for line_number, record in records:
+    num_records = num_truncated = 0
+    for line_number, record in read_records(path):
+        num_records += 1
         try:
             example = _tokenize_record(record, dataset_format, tokenizer, chat_template)
         except ValueError as error:
@@ -140,15 +118,14 @@ def tokenize_dataset(path: Path, tokenizer: Any, dataset_format: str, max_seq_le
     _raise_if_problems(path, problems)
     if not examples:
         raise DatasetNotUsableError(
-            f"dataset {path} has {len(records)} examples but none has a token to learn after cutting to "
+            f"dataset {path} has {num_records} examples but none has a token to learn after cutting to "
             f"max_seq_len={max_seq_len}; raise max_seq_len or shorten the prompts"
         )
     return TokenizedDataset(
         examples=examples,
         dataset_format=dataset_format,
-        num_records=len(records),
         num_truncated=num_truncated,
-        num_dropped=len(records) - len(examples),
+        num_dropped=num_records - len(examples),
         used_fallback_chat_template=dataset_format == "messages" and not getattr(tokenizer, "chat_template", None),
     )
 
@@ -158,25 +135,15 @@ def _raise_if_problems(path: Path, problems: list[tuple[int, str]]) -> None:
         return
     listed = "; ".join(f"line {line}: {what}" for line, what in problems[:MAX_PROBLEMS_IN_MESSAGE])
     more = f" (and {len(problems) - MAX_PROBLEMS_IN_MESSAGE} more)" if len(problems) > MAX_PROBLEMS_IN_MESSAGE else ""
-    raise DatasetNotUsableError(f"dataset {path} has {len(problems)} bad lines: {listed}{more}; fix them and register it again", problems)
+    raise DatasetNotUsableError(f"dataset {path} has {len(problems)} lines that cannot be tokenized: {listed}{more}; fix them and register it again", problems)
 
 
-def _tokenize_record(record: Any, dataset_format: str, tokenizer: Any, chat_template: str) -> TokenizedExample:
-    if not _has_keys(record, dataset_format):
-        found = f"keys {sorted(record)}" if isinstance(record, dict) else f"a JSON {type(record).__name__}"
-        expected = " and ".join(REQUIRED_KEYS[dataset_format])
-        raise ValueError(f"expected an object with {expected} ({dataset_format} format), found {found}")
+def _tokenize_record(record: dict[str, Any], dataset_format: str, tokenizer: Any, chat_template: str) -> TokenizedExample:
     if dataset_format == "text":
         return _tokenize_text(record["text"], tokenizer)
     if dataset_format == "prompt_completion":
         return _tokenize_prompt_completion(record["prompt"], record["completion"], tokenizer)
     return _tokenize_messages(record["messages"], tokenizer, chat_template)
-
-
-def _require_string(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string, found {type(value).__name__}")
-    return value
 
 
 def _with_eos(token_ids: list[int], tokenizer: Any) -> list[int]:
@@ -186,32 +153,16 @@ def _with_eos(token_ids: list[int], tokenizer: Any) -> list[int]:
     return token_ids + [eos]
 
 
-def _tokenize_text(text: Any, tokenizer: Any) -> TokenizedExample:
-    token_ids = _with_eos(tokenizer(_require_string(text, "text"))["input_ids"], tokenizer)
+def _tokenize_text(text: str, tokenizer: Any) -> TokenizedExample:
+    token_ids = _with_eos(tokenizer(text)["input_ids"], tokenizer)
     return TokenizedExample(token_ids, list(token_ids))
 
 
-def _tokenize_prompt_completion(prompt: Any, completion: Any, tokenizer: Any) -> TokenizedExample:
+def _tokenize_prompt_completion(prompt: str, completion: str, tokenizer: Any) -> TokenizedExample:
     # Tokenized apart so that the boundary is exact; the prompt gets the tokenizer's usual prefix (BOS).
-    prompt_ids = tokenizer(_require_string(prompt, "prompt"))["input_ids"]
-    completion_text = _require_string(completion, "completion")
-    completion_ids = _with_eos(tokenizer(completion_text, add_special_tokens=False)["input_ids"], tokenizer)
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    completion_ids = _with_eos(tokenizer(completion, add_special_tokens=False)["input_ids"], tokenizer)
     return TokenizedExample(prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids)
-
-
-def _check_messages(messages: Any) -> list[dict[str, str]]:
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("messages must be a non-empty list of {role, content} objects")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise ValueError(f"messages[{index}] must be an object with role and content")
-        _require_string(message.get("role"), f"messages[{index}].role")
-        _require_string(message.get("content"), f"messages[{index}].content")
-        if message.get("weight", 1) not in (0, 1):
-            raise ValueError(f"messages[{index}].weight must be 0 (no loss) or 1, found {message['weight']!r}")
-    if messages[0]["role"] == "assistant":
-        raise ValueError("the first message is from the assistant; start with a system or user message")
-    return messages
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], chat_template: str, add_generation_prompt: bool = False) -> str:
@@ -224,8 +175,10 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], chat_template: str, 
         raise ValueError(f"the chat template refused this conversation: {error}") from error
 
 
-def _tokenize_messages(messages: Any, tokenizer: Any, chat_template: str) -> TokenizedExample:
-    messages = _check_messages(messages)
+def _tokenize_messages(messages: list[dict[str, Any]], tokenizer: Any, chat_template: str) -> TokenizedExample:
+    if messages[0]["role"] == "assistant":
+        # Nothing renders "the prompt before it", so its tokens could not be told apart.
+        raise ValueError("the first message is from the assistant; start with a system or user message")
     full_text = _render(tokenizer, messages, chat_template)
     # An assistant turn is the text that rendering it adds after the generation prompt. Templates
     # that render earlier turns differently once later ones follow cannot be split this way.

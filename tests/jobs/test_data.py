@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from jobs.data import IGNORE_INDEX, TokenizedExample, tokenize_dataset
@@ -112,40 +114,41 @@ def test_examples_with_nothing_to_learn_after_truncation_are_dropped(tmp_path, t
 
 def test_bad_lines_are_all_reported_with_line_numbers(tmp_path, tokenizer):
     path = tmp_path / "d.jsonl"
-    path.write_text(
-        '{"text": "ok"}\n'
-        "{not json\n"
-        "\n"
-        '{"prompt": "no completion"}\n'
-        '{"text": 5}\n'
-    )
+    path.write_text('{"text": "ok"}\n{not json\n\n{"prompt": "no completion"}\n{"text": 5}\n')
     with pytest.raises(DatasetNotUsableError) as caught:
         tokenize_dataset(path, tokenizer, "auto", 64)
-    assert [line for line, _ in caught.value.problems] == [2]  # JSON errors come first, before tokenizing
-    path.write_text('{"text": "ok"}\n{"prompt": "no completion"}\n{"text": 5}\n')
-    with pytest.raises(DatasetNotUsableError) as caught:
-        tokenize_dataset(path, tokenizer, "auto", 64)
-    assert [line for line, _ in caught.value.problems] == [2, 3]
-    assert "line 2" in str(caught.value) and "line 3" in str(caught.value)
+    assert [line for line, _ in caught.value.problems] == [2, 4, 5]
+    assert "line 2" in str(caught.value)
 
 
 def test_bad_messages_are_explained(tmp_path, tokenizer):
     records = [
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "weight": 2}]},
-        {"messages": [{"role": "assistant", "content": "first"}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "weight": 0}]},
         {"messages": []},
     ]
     with pytest.raises(DatasetNotUsableError) as caught:
         tokenize_dataset(write_jsonl(tmp_path / "d.jsonl", records), tokenizer, "auto", 64)
     problems = dict(caught.value.problems)
-    assert "weight must be 0" in problems[1]
-    assert "first message is from the assistant" in problems[2]
-    assert "non-empty list" in problems[3]
+    assert "weight is 2" in problems[1]
+    assert "nothing to learn" in problems[2]
+    assert "empty" in problems[3]
+
+
+def test_conversation_starting_with_the_assistant_cannot_be_split(tmp_path, tokenizer):
+    records = [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+        {"messages": [{"role": "assistant", "content": "first"}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+    ]
+    with pytest.raises(DatasetNotUsableError) as caught:
+        tokenize_dataset(write_jsonl(tmp_path / "d.jsonl", records), tokenizer, "auto", 64)
+    [(line, message)] = caught.value.problems
+    assert line == 2 and "first message is from the assistant" in message
 
 
 def test_a_forced_format_must_match_the_lines(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "the cat"}])
-    with pytest.raises(DatasetNotUsableError, match="prompt and completion"):
+    with pytest.raises(DatasetNotUsableError, match="in text format, but the file is prompt_completion"):
         tokenize_dataset(path, tokenizer, "prompt_completion", 64)
 
 
@@ -155,3 +158,10 @@ def test_missing_or_empty_file_is_not_usable(tmp_path, tokenizer):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(DatasetNotUsableError, match="no examples"):
         tokenize_dataset(tmp_path / "empty.jsonl", tokenizer, "auto", 64)
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path, tokenizer):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "the cat"}).encode() + b"\n")
+    [example] = tokenize_dataset(path, tokenizer, "auto", 64).examples
+    assert tokenizer.decode(example.input_ids) == "the cat<eos>"
