@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from api.login_codes import LoginCodes
 from mftd.db import new_session
 from mftd.registry import MAX_ID
 from mftd.settings import Settings
@@ -55,6 +56,10 @@ def require_token(
         )
 
 
+def get_login_codes(request: Request) -> LoginCodes:
+    return request.app.state.login_codes
+
+
 def get_notify_change(request: Request) -> Callable[[], None]:
     """A function that tells the scheduler to look at the queue again now; never raises."""
     on_change: Optional[Callable[[], None]] = request.app.state.on_change
@@ -75,6 +80,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 CurrentAuth = Depends(require_token)
 TokenDep = Annotated[None, CurrentAuth]
+LoginCodesDep = Annotated[LoginCodes, Depends(get_login_codes)]
 NotifyChangeDep = Annotated[Callable[[], None], Depends(get_notify_change)]
 SkipQuery = Annotated[int, Query(ge=0, le=MAX_ID, description="How many items to skip.")]
 LimitQuery = Annotated[int, Query(ge=1, le=1000, description="At most this many items.")]

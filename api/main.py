@@ -1,5 +1,8 @@
 """The FastAPI application: ``create_app`` wires settings, the database engine and the scheduler nudge into the routes.
 
+Every request whose Host is not one of the daemon's own names is refused (``api.hosts``), and no CORS headers are sent, so other sites' pages
+can neither read the API nor reach it by DNS rebinding.
+
 ``/docs`` serves Swagger UI 5.31.0 from ``api/static`` (vendored from swagger-ui-dist, Apache-2.0,
 see ``static/SWAGGER-UI-LICENSE.txt``) so it works on a phone without internet.
 """
@@ -18,6 +21,8 @@ from sqlalchemy.engine import Engine
 
 import mftd
 from api.errors import install_error_handlers
+from api.hosts import LoopbackHostMiddleware, allowed_host_names
+from api.login_codes import LoginCodes
 from api.routes import api_router
 from mftd.settings import Settings
 from mftd.token import load_or_create_token
@@ -36,7 +41,7 @@ def create_app(
     """The API app over ``engine``, guarded by the token in ``settings.token_path`` (created if missing).
 
     Args:
-        settings: the daemon's settings (data dir, token path).
+        settings: the daemon's settings (data dir, token path, and the host names it answers to).
         engine: the SQLite engine from ``mftd.db.make_engine``.
         on_change: called after a job is created, paused, resumed or cancelled, so the
             scheduler looks at the queue at once instead of at its next tick.
@@ -55,6 +60,8 @@ def create_app(
     app.state.on_change = on_change
     app.state.token = load_or_create_token(settings.token_path)
     app.state.sse_poll_seconds = sse_poll_seconds
+    app.state.login_codes = LoginCodes()
+    app.add_middleware(LoopbackHostMiddleware, allowed_names=allowed_host_names(settings))
     install_error_handlers(app)
     app.include_router(api_router)
     _setup_offline_docs(app)

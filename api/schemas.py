@@ -33,6 +33,16 @@ class HealthPublic(BaseModel):
     version: str
 
 
+class LoginCodePublic(BaseModel):
+    code: str = Field(description="Trade it once for the token at POST /v1/auth/exchange; it expires soon.")
+    expires_in: int = Field(description="Seconds until the code expires.")
+    url: str = Field(description="The dashboard URL that logs in with the code (the code is in the #fragment, never sent in a request line).")
+
+
+class TokenPublic(BaseModel):
+    token: str = Field(description="The API token; send it as 'Authorization: Bearer <token>'.")
+
+
 class ReadingPublic(BaseModel):
     name: str
     value: Any = Field(description="The reading, or null if unavailable.")

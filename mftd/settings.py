@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the HTTP API listens on. Anything but loopback needs allow_remote.")
     port: int = Field(8765, ge=0, le=65535, description="Port the HTTP API listens on (0 picks a free one).")
     allow_remote: bool = Field(False, description="Allow listening on a non-loopback address (anyone on the network who has the token can then train on this device).")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the HTTP API answers to besides its loopback names (127.0.0.1, localhost, [::1]); "
+        "any other Host header is refused, against DNS rebinding. As JSON in the environment: MFTD_ALLOWED_HOSTS='[\"phone.lan\"]'.",
+    )
     tick_seconds: float = Field(2.0, gt=0, description="How often the scheduler looks at the queue and the running worker.")
     heartbeat_timeout_seconds: float = Field(180.0, gt=0, description="A worker silent this long is killed and its job marked interrupted.")
     stop_grace_seconds: float = Field(120.0, gt=0, description="How long a stopping worker may take to checkpoint before it is killed.")

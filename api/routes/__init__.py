@@ -1,11 +1,12 @@
-"""The ``/v1`` router: health is open, every other resource needs the bearer token."""
+"""The ``/v1`` router: health and the login-code exchange are open, every other resource needs the bearer token."""
 
 from fastapi import APIRouter
 
 from api.deps import CurrentAuth
-from api.routes import datasets, device, health, job_outputs, jobs, models
+from api.routes import auth, datasets, device, health, job_outputs, jobs, models
 
 api_router = APIRouter(prefix="/v1")
 api_router.include_router(health.router)
+api_router.include_router(auth.router)  # each auth route names its own credential: the token, or a one-time login code
 for protected in (device.router, models.router, datasets.router, jobs.router, job_outputs.router):
     api_router.include_router(protected, dependencies=[CurrentAuth])

@@ -39,7 +39,8 @@ def changes() -> list[str]:
 @pytest.fixture
 def client(settings: Settings, engine: Engine, changes: list[str]) -> Iterator[TestClient]:
     app = create_app(settings, engine, on_change=lambda: changes.append("change"), sse_poll_seconds=0.05)
-    with TestClient(app) as test_client:
+    # A loopback base URL: the app refuses any other Host header (DNS rebinding), TestClient's default "testserver" too.
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:
         yield test_client
 
 
