@@ -3,10 +3,18 @@
 from fastapi import APIRouter
 
 from api.deps import CurrentAuth
-from api.routes import auth, datasets, device, health, job_outputs, jobs, models
+from api.routes import auth, datasets, device, health, job_outputs, jobs, models, openai_files, openai_fine_tuning
 
 api_router = APIRouter(prefix="/v1")
 api_router.include_router(health.router)
 api_router.include_router(auth.router)  # each auth route names its own credential: the token, or a one-time login code
-for protected in (device.router, models.router, datasets.router, jobs.router, job_outputs.router):
+for protected in (
+    device.router,
+    models.router,
+    datasets.router,
+    jobs.router,
+    job_outputs.router,
+    openai_files.router,
+    openai_fine_tuning.router,
+):
     api_router.include_router(protected, dependencies=[CurrentAuth])
