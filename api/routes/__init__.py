@@ -3,7 +3,18 @@
 from fastapi import APIRouter
 
 from api.deps import CurrentAuth
-from api.routes import auth, datasets, device, health, job_outputs, jobs, models, openai_files, openai_fine_tuning
+from api.routes import (
+    auth,
+    datasets,
+    device,
+    health,
+    job_outputs,
+    jobs,
+    live,
+    models,
+    openai_files,
+    openai_fine_tuning,
+)
 
 api_router = APIRouter(prefix="/v1")
 api_router.include_router(health.router)
@@ -14,6 +25,7 @@ for protected in (
     datasets.router,
     jobs.router,
     job_outputs.router,
+    live.router,
     openai_files.router,
     openai_fine_tuning.router,
 ):
