@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -170,22 +171,24 @@ def test_sigterm_stops_the_daemon_cleanly_and_the_job_resumes_after_a_restart(tm
         daemon.cli("models", "add", "tiny", str(tmp_path / "m"))
         (tmp_path / "d.jsonl").write_text('{"text": "hi"}\n')
         daemon.cli("datasets", "add", "words", str(tmp_path / "d.jsonl"))
-        job_id = submit(daemon, "train:30:0.05")
+        job_id = submit(daemon, "train:100000:0.05")
         wait_until(lambda: job_json(daemon, job_id)["step"] >= 2, what="some progress")
     finally:
         assert daemon.stop() == 0
     assert not (data_dir / "daemon.json").exists()
-    log = (tmp_path / "daemon.log").read_text()
-    assert "mftd stopped" in log
+    assert "mftd stopped" in (tmp_path / "daemon.log").read_text()
+    with sqlite3.connect(data_dir / "mftd.db") as db:
+        status, step_at_stop = db.execute("SELECT status, step FROM job WHERE id = ?", (job_id,)).fetchone()
+    assert status.lower() == "interrupted"  # SQLAlchemy stores the enum member name
 
     daemon = Daemon(data_dir, fake_jobs_root, tmp_path / "daemon.log")
     try:
-        job = job_json(daemon, job_id)
-        first_events = daemon.cli("logs", str(job_id)).stdout
-        assert "running -> interrupted: the daemon stopped while this job was running" in first_events
-        assert job["interruptions"] == 0
-        assert daemon.cli("wait", str(job_id)).returncode == 0
-        assert job_json(daemon, job_id)["step"] == 30
+        events = daemon.cli("logs", str(job_id)).stdout
+        assert "running -> interrupted: the daemon stopped while this job was running" in events
+        job = wait_until(lambda: (job := job_json(daemon, job_id))["step"] > step_at_stop and job, what="the job to go on")
+        assert job["status"] == "running" and job["interruptions"] == 0
+        daemon.cli("cancel", str(job_id))
+        assert daemon.cli("wait", str(job_id), check=False).returncode == 1
     finally:
         daemon.stop()
 
@@ -198,20 +201,26 @@ def test_after_a_sigkilled_daemon_the_next_one_stops_the_surviving_worker_and_re
         daemon.cli("models", "add", "tiny", str(tmp_path / "m"))
         (tmp_path / "d.jsonl").write_text('{"text": "hi"}\n')
         daemon.cli("datasets", "add", "words", str(tmp_path / "d.jsonl"))
-        job_id = submit(daemon, "train:40:0.05")
-        wait_until(lambda: job_json(daemon, job_id)["step"] >= 2, what="some progress")
+        job_id = submit(daemon, "sleep")
+        ready = data_dir / "jobs" / str(job_id) / "ready"
+        wait_until(ready.exists, what="the worker")
     finally:
         daemon.process.kill()
         daemon.process.wait()
-    worker_pid = int((data_dir / "jobs" / str(job_id) / "ready").read_text())
+    worker_pid = int(wait_until(lambda: ready.read_text().strip(), what="the worker's pid"))
     assert psutil.pid_exists(worker_pid), "the worker lives in its own session and outlives the daemon"
+    ready.unlink()
 
     daemon = Daemon(data_dir, fake_jobs_root, tmp_path / "daemon.log")  # the data dir lock died with the old daemon
     try:
+        assert f"its worker (pid {worker_pid}) outlived the daemon" in (tmp_path / "daemon.log").read_text()
         assert not psutil.pid_exists(worker_pid) or psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
-        assert "its worker (pid" in (tmp_path / "daemon.log").read_text()
-        assert daemon.cli("wait", str(job_id)).returncode == 0
+        wait_until(ready.exists, what="the job to run again under the new daemon")
+        events = daemon.cli("logs", str(job_id)).stdout
+        assert "running -> interrupted: the daemon stopped while this job was running" in events
         assert job_json(daemon, job_id)["interruptions"] == 0
+        daemon.cli("cancel", str(job_id))
+        assert daemon.cli("wait", str(job_id), check=False).returncode == 1
     finally:
         daemon.stop()
 
