@@ -14,9 +14,12 @@ from mftd.settings import Settings
 from tests.jobs.tiny_models import build_tiny_model
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def one_torch_thread():
-    """Tiny models gain nothing from more threads, and on a busy 2-core machine extra threads only wait on each other."""
+    """Tiny models gain nothing from more threads, and on a busy 2-core machine extra threads only wait on each other.
+
+    Reset for every test: ``run_worker`` sets the thread count the job asks for.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
