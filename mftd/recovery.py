@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from typing import Callable, Optional
 
 import psutil
@@ -51,16 +52,26 @@ def terminate_worker(pid: int, grace_seconds: float) -> None:
         return
     if grace_seconds > 0:
         _send(pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace_seconds)
+        if _wait_gone(process, grace_seconds):
             return
-        except psutil.TimeoutExpired:
-            log.warning("worker pid %s did not stop within %g s; killing it", pid, grace_seconds)
+        log.warning("worker pid %s did not stop within %g s; killing it", pid, grace_seconds)
     _send(pid, signal.SIGKILL)
-    try:
-        process.wait(timeout=10)
-    except psutil.TimeoutExpired:
+    if not _wait_gone(process, 10):
         log.error("worker pid %s survived SIGKILL", pid)
+
+
+def _wait_gone(process: psutil.Process, timeout: float) -> bool:
+    """Wait for a process that is not our child to exit; a zombie counts as gone (its parent may never reap it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _send(pid: int, signum: int) -> None:
