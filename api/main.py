@@ -1,6 +1,7 @@
 """The FastAPI application: ``create_app`` wires settings, the database engine and the scheduler nudge into the routes.
 
-Every request whose Host is not one of the daemon's own names is refused (``api.hosts``), and no CORS headers are sent, so other sites' pages
+``/`` serves the dashboard (``api/static/dashboard.*``). Every request whose Host is not one of the
+daemon's own names is refused (``api.hosts``), and no CORS headers are sent, so other sites' pages
 can neither read the API nor reach it by DNS rebinding.
 
 ``/docs`` serves Swagger UI 5.31.0 from ``api/static`` (vendored from swagger-ui-dist, Apache-2.0,
@@ -23,7 +24,7 @@ import mftd
 from api.errors import install_error_handlers
 from api.hosts import LoopbackHostMiddleware, allowed_host_names
 from api.login_codes import LoginCodes
-from api.routes import api_router
+from api.routes import api_router, dashboard
 from mftd.settings import Settings
 from mftd.token import load_or_create_token
 
@@ -64,6 +65,7 @@ def create_app(
     app.add_middleware(LoopbackHostMiddleware, allowed_names=allowed_host_names(settings))
     install_error_handlers(app)
     app.include_router(api_router)
+    app.include_router(dashboard.router)
     _setup_offline_docs(app)
     return app
 

@@ -1,4 +1,4 @@
-"""Safe on a shared localhost: Host checks against DNS rebinding, no CORS, one-time login codes."""
+"""Safe on a shared localhost: Host checks against DNS rebinding, no CORS, one-time login codes, a locked-down dashboard page."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_loopback_hosts_are_answered(client: TestClient, host: str):
     assert client.get("/v1/health", headers={"Host": host}).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/v1/health", "/v1/jobs", "/docs", "/static/swagger-ui.css", "/openapi.json"])
+@pytest.mark.parametrize("path", ["/v1/health", "/", "/v1/jobs", "/docs", "/static/dashboard.js", "/openapi.json", "/v1/fine_tuning/jobs"])
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:8765", "127.0.0.1.nip.io:8765", "localhost.evil.example", "", "a:b:c", "[::1"])
 def test_foreign_host_is_refused_with_a_clear_message(client: TestClient, auth: dict[str, str], path: str, host: str):
     response = client.get(path, headers={**auth, "Host": host})
@@ -66,6 +66,25 @@ def test_no_cors_is_granted(client: TestClient, auth: dict[str, str]):
     response = client.get("/v1/jobs", headers={**auth, **origin})
     assert response.status_code == 200
     assert not any(name.lower().startswith("access-control-") for name in response.headers)
+
+
+def test_dashboard_is_served_with_its_own_files_only(client: TestClient):
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "/static/dashboard.js" in page.text and "/static/dashboard.css" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    for name in ("dashboard.js", "dashboard.css"):
+        asset = client.get(f"/static/{name}")
+        assert asset.status_code == 200
+        assert "https://" not in asset.text and "http://" not in asset.text.replace("http://www.w3.org/2000/svg", "")
+
+
+def test_dashboard_needs_no_token_but_its_data_does(client: TestClient):
+    assert client.get("/").status_code == 200
+    assert client.get("/v1/live/jobs").status_code == 401
 
 
 def test_login_code_is_traded_once_for_the_token(client: TestClient, auth: dict[str, str], token: str):
