@@ -192,6 +192,7 @@ class MetricPublic(BaseModel):
     tokens: Optional[int]
     tokens_per_second: Optional[float]
     rss_mb: Optional[float]
+    perplexity: Optional[float] = None
     created_at: IsoTime
 
 

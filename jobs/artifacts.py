@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import torch
 
+from mftd.jobconfig import ADAPTER_METHODS
 from mftd.protocol import ADAPTER_DIRNAME, FULL_MODEL_DIRNAME
 
 
@@ -26,14 +27,14 @@ def save_artifacts(model: torch.nn.Module, tokenizer: Any, job_dir: Path, method
         model: the trained model (a ``PeftModel`` for LoRA).
         tokenizer: the tokenizer it was trained with.
         job_dir: the job's folder.
-        method: ``lora`` or ``full``.
+        method: ``lora``, ``dora`` or ``full``.
         chat_template: a template to save with the tokenizer (the fallback one, when training used it);
             it is set on ``tokenizer``.
 
     Returns:
         The artifact folder.
     """
-    final = job_dir / (ADAPTER_DIRNAME if method == "lora" else FULL_MODEL_DIRNAME)
+    final = job_dir / (ADAPTER_DIRNAME if method in ADAPTER_METHODS else FULL_MODEL_DIRNAME)
     temporary = job_dir / f".tmp-{final.name}"
     if temporary.exists():
         shutil.rmtree(temporary)

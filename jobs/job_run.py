@@ -26,7 +26,8 @@ from jobs.checkpoint import (
     write_checkpoint,
 )
 from jobs.data import FALLBACK_CHAT_TEMPLATE, TokenizedDataset, tokenize_dataset
-from jobs.errors import CorruptCheckpointError, JobConfigError, JobNotFoundError
+from jobs.errors import CorruptCheckpointError, DatasetNotUsableError, JobConfigError, JobNotFoundError
+from jobs.evaluation import evaluate
 from jobs.model_setup import (
     add_lora_adapter,
     count_parameters,
@@ -44,7 +45,9 @@ from jobs.stop import StopSignal
 from jobs.training import LoopEnd, StepReport, train
 from jobs.training_state import TrainingProgress, restore_rng_state, seed_everything
 from mftd.db import new_session
-from mftd.jobconfig import JobConfig
+from mftd.errors import NotFoundError
+from mftd.jobconfig import ADAPTER_METHODS, JobConfig
+from mftd.registry.lookup import Reference, resolve
 from mftd.protocol import CHECKPOINTS_DIRNAME, RESOLVED_CONFIG_FILENAME
 from mftd.settings import Settings
 from mftd.tables import Dataset, Job, Model
@@ -52,7 +55,9 @@ from mftd.tables import Dataset, Job, Model
 
 # Bookkeeping that may differ between runs without making a checkpoint unusable. (Another thread
 # count can change the last bits of sums, but resuming is still far better than starting over.)
-FIELDS_THAT_DO_NOT_CHANGE_TRAINING = frozenset({"num_threads", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"})
+FIELDS_THAT_DO_NOT_CHANGE_TRAINING = frozenset(
+    {"num_threads", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "validation_dataset", "eval_every_steps"}
+)
 
 
 def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReporter, stop: StopSignal) -> LoopEnd:
@@ -73,12 +78,20 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
     """
     job, model_row, dataset_row = _load_rows(engine, job_id)
     config = _parse_config(job.config_json)
+    validation_path = _validation_dataset_path(engine, config.validation_dataset)
     job_dir = settings.job_dir(job_id)
     model_path = Path(model_row.path)
     model_config = load_model_config(model_path)
     tokenizer = load_tokenizer(model_path)
     dataset = tokenize_dataset(Path(dataset_row.path), tokenizer, config.dataset_format, config.max_seq_len)
     _report_dataset(reporter, dataset, config.max_seq_len)
+    validation = None
+    if validation_path is not None:
+        validation = tokenize_dataset(validation_path, tokenizer, "auto", config.max_seq_len)
+        reporter.event(
+            f"validation dataset: {len(validation.examples)} examples, {validation.num_tokens} tokens",
+            data={"examples": len(validation.examples), "tokens": validation.num_tokens},
+        )
     resolved = resolve_config(
         config,
         architecture=(model_config.architectures or [type(model_config).__name__])[0],
@@ -104,7 +117,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
     checkpoints_dir = job_dir / CHECKPOINTS_DIRNAME
     config_json = resolved.model_dump(mode="json")
     progress = _resume_from_newest_checkpoint(checkpoints_dir, config_json, model, optimizer, scheduler, reporter)
-    reporter.forget_train_metrics_after(progress.step)
+    reporter.forget_metrics_after(progress.step)
     reporter.progress(progress.step, resolved.total_steps, job.loss if progress.step else None)
     last_checkpoint_step = progress.step
 
@@ -122,6 +135,14 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
         is_last = report.step == resolved.total_steps
         if report.step % resolved.log_every_steps == 0 or is_last:
             reporter.metric(report.step, report.loss, report.learning_rate, report.grad_norm, report.tokens, report.tokens_per_second)
+        if validation is not None and (is_last or (resolved.eval_every_steps and report.step % resolved.eval_every_steps == 0)):
+            result = evaluate(model, validation.examples, resolved.batch_size, tokenizer.pad_token_id)
+            reporter.eval_metric(report.step, result.loss, result.perplexity, result.loss_tokens)
+            reporter.event(
+                f"step {report.step}: validation loss {result.loss:.4f}, perplexity {result.perplexity:.2f}",
+                kind="eval",
+                data={"step": report.step, "loss": result.loss, "perplexity": result.perplexity},
+            )
         reporter.progress(report.step, resolved.total_steps, report.loss)
         # The last step needs no checkpoint: the artifacts come right after it.
         if report.step % resolved.checkpoint_every_steps == 0 and not is_last:
@@ -156,6 +177,16 @@ def _load_rows(engine: Engine, job_id: int) -> tuple[Job, Model, Dataset]:
         missing = "model" if model_row is None else "dataset"
         raise JobNotFoundError(f"job {job_id} points to {missing} that no longer exists; create the job again with an existing {missing}")
     return job, model_row, dataset_row
+
+
+def _validation_dataset_path(engine: Engine, reference: Optional[Reference]) -> Optional[Path]:
+    if reference is None:
+        return None
+    with new_session(engine) as session:
+        try:
+            return Path(resolve(session, Dataset, reference, "dataset").path)
+        except NotFoundError as error:
+            raise DatasetNotUsableError(f"validation_dataset: {error}") from error
 
 
 def _parse_config(config_json: str) -> JobConfig:
@@ -195,13 +226,16 @@ def _report_dataset(reporter: JobReporter, dataset: TokenizedDataset, max_seq_le
 
 
 def _build_trainable_model(model_path: Path, config: ResolvedJobConfig) -> torch.nn.Module:
-    model = load_model(model_path)
+    is_adapter = config.method in ADAPTER_METHODS
+    model = load_model(model_path, torch.bfloat16 if is_adapter and config.base_dtype == "bfloat16" else torch.float32)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     # Seeded after loading and before the adapter's init, so that its initial weights depend on the seed alone.
     seed_everything(config.seed)
-    if config.method == "lora":
-        return add_lora_adapter(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+    if is_adapter:
+        return add_lora_adapter(
+            model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target_modules, use_dora=config.method == "dora"
+        )
     model.requires_grad_(True)
     return model
 

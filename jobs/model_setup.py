@@ -76,14 +76,14 @@ def load_tokenizer(model_path: Path) -> Any:
     return tokenizer
 
 
-def load_model(model_path: Path) -> PreTrainedModel:
-    """The causal language model in ``model_path`` (single or sharded safetensors), in float32.
+def load_model(model_path: Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """The causal language model in ``model_path`` (single or sharded safetensors), in ``dtype``.
 
     Raises:
         ModelNotUsableError: the weights are missing or do not fit the config.
     """
     try:
-        return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     except (OSError, ValueError) as error:
         raise ModelNotUsableError(f"cannot load the model in {model_path} ({error}); check that its weights are complete") from error
 
@@ -99,7 +99,9 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     model.config.use_cache = False
 
 
-def add_lora_adapter(model: PreTrainedModel, rank: int, alpha: float, dropout: float, target_modules: LoraTargets) -> torch.nn.Module:
+def add_lora_adapter(
+    model: PreTrainedModel, rank: int, alpha: float, dropout: float, target_modules: LoraTargets, use_dora: bool = False
+) -> torch.nn.Module:
     """Wrap ``model`` in a PEFT LoRA model; only the adapter is trainable.
 
     The adapter's initial weights come from torch's global generator: seed it first.
@@ -110,6 +112,7 @@ def add_lora_adapter(model: PreTrainedModel, rank: int, alpha: float, dropout: f
         alpha: LoRA alpha (the update is scaled by alpha / r).
         dropout: dropout on the adapter input.
         target_modules: module names, or ``"all-linear"``.
+        use_dora: train a DoRA adapter (LoRA plus a learned magnitude per output feature).
 
     Returns:
         The ``PeftModel``.
@@ -126,6 +129,7 @@ def add_lora_adapter(model: PreTrainedModel, rank: int, alpha: float, dropout: f
         target_modules=target_modules,
         fan_in_fan_out=model.config.model_type in MODEL_TYPES_WITH_TRANSPOSED_LINEAR,
         task_type="CAUSAL_LM",
+        use_dora=use_dora,
     )
     try:
         with warnings.catch_warnings():

@@ -80,10 +80,16 @@ class JobReporter:
             )
             session.commit()
 
-    def forget_train_metrics_after(self, step: int) -> None:
-        """Delete training metrics of steps after ``step``: a resumed run logs those steps again."""
+    def eval_metric(self, step: int, loss: float, perplexity: float, tokens: int) -> None:
+        """Record a validation loss and perplexity after optimizer step ``step``."""
         with new_session(self.engine) as session:
-            session.exec(delete(Metric).where(Metric.job_id == self.job_id, Metric.split == "train", Metric.step > step))
+            session.add(Metric(job_id=self.job_id, step=step, split="eval", loss=loss, perplexity=perplexity, tokens=tokens))
+            session.commit()
+
+    def forget_metrics_after(self, step: int) -> None:
+        """Delete training and eval metrics of steps after ``step``: a resumed run logs those steps again."""
+        with new_session(self.engine) as session:
+            session.exec(delete(Metric).where(Metric.job_id == self.job_id, Metric.step > step))
             session.commit()
 
     def checkpoints_removed(self, removed: list[Path]) -> None:

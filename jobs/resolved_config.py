@@ -15,7 +15,7 @@ from pydantic import Field
 
 from jobs.batches import batches_per_epoch
 from jobs.model_setup import default_lora_targets
-from mftd.jobconfig import JobConfig
+from mftd.jobconfig import ADAPTER_METHODS, JobConfig
 
 
 class ResolvedJobConfig(JobConfig):
@@ -63,7 +63,7 @@ def resolve_config(
     """
     per_epoch = batches_per_epoch(num_examples, config.batch_size)
     target_modules = None
-    if config.method == "lora":
+    if config.method in ADAPTER_METHODS:
         target_modules = config.lora_target_modules or default_lora_targets(model_type)
     return ResolvedJobConfig(
         **config.model_dump(exclude={"lora_target_modules", "dataset_format", "num_threads"}),

@@ -8,11 +8,52 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Method = Literal["lora", "full"]
+from mftd.hours import parse_hours
+
+Method = Literal["lora", "dora", "full"]
+BaseDtype = Literal["float32", "bfloat16"]
+ADAPTER_METHODS = ("lora", "dora")
 Schedule = Literal["constant", "linear", "cosine"]
 DatasetFormat = Literal["auto", "text", "prompt_completion", "messages"]
+
+
+class JobConstraints(BaseModel):
+    """When the device may train this job, modelled on Android's JobScheduler; null uses the daemon-wide default (MFTD_<FIELD>)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    require_charging: Optional[bool] = Field(None, description="Train only on external power. An unknown charging state counts as not charging.")
+    min_battery_percent: Optional[float] = Field(
+        None, ge=0, le=100,
+        description="On battery, train only at or above this level (charging always passes, as JobScheduler's 'battery not low'); 0 disables. "
+        "An unknown level fails unless the device is charging.",
+    )
+    max_battery_temp_c: Optional[float] = Field(
+        None, gt=0, le=100, description="Stop at once above this battery temperature. An unknown temperature is not enforced (shown as such)."
+    )
+    throttle_battery_temp_c: Optional[float] = Field(
+        None, gt=0, le=100,
+        description="Soft limit: above it training slows down (pauses between optimizer steps), more the nearer it gets to max_battery_temp_c.",
+    )
+    require_idle: Optional[bool] = Field(
+        None, description="Train only while other processes use little CPU (MFTD_IDLE_CPU_PERCENT) for MFTD_IDLE_MINUTES and the screen is not on. "
+        "An unknown load fails (Android hides it from apps without root: use allowed_hours there).",
+    )
+    allowed_hours: Optional[str] = Field(
+        None, description="Local times training may run, e.g. '23:00-07:00' or '23:00-07:00,12:00-13:00'; '' or 'any' for any time."
+    )
+    min_free_storage_mb: Optional[float] = Field(
+        None, ge=0, description="Train only with this much free storage for checkpoints. Unknown free storage fails."
+    )
+
+    @field_validator("allowed_hours")
+    @classmethod
+    def _check_hours(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            parse_hours(value)
+        return value
 
 
 class JobConfig(BaseModel):
@@ -20,7 +61,12 @@ class JobConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Method = Field("lora", description="lora trains a low-rank adapter; full trains every weight.")
+    method: Method = Field(
+        "lora", description="lora trains a low-rank adapter; dora a weight-decomposed one (DoRA); full trains every weight."
+    )
+    base_dtype: BaseDtype = Field(
+        "float32", description="dtype of the frozen base weights of a lora or dora run; bfloat16 halves their memory."
+    )
     lora_rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha (the update is scaled by alpha/r).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
@@ -46,10 +92,21 @@ class JobConfig(BaseModel):
     checkpoint_every_steps: int = Field(25, ge=1, description="Write a checkpoint every this many optimizer steps (and on every stop).")
     keep_checkpoints: int = Field(2, ge=1, le=100, description="How many of the newest checkpoints to keep.")
     log_every_steps: int = Field(1, ge=1, description="Log metrics every this many optimizer steps.")
+    validation_dataset: Optional[Union[int, str]] = Field(
+        None, description="A registered dataset (id or name) for validation loss and perplexity; none skips evaluation."
+    )
+    eval_every_steps: Optional[int] = Field(
+        None, ge=1, description="Evaluate on validation_dataset every this many optimizer steps (and always at the end)."
+    )
     num_threads: Optional[int] = Field(None, ge=1, le=256, description="CPU threads for training (default: all cores).")
+    constraints: JobConstraints = Field(
+        default_factory=JobConstraints, description="When the device may train this job; fields left null use the daemon's defaults."
+    )
 
     @model_validator(mode="after")
     def _check_lora_fields(self) -> "JobConfig":
         if isinstance(self.lora_target_modules, list) and not self.lora_target_modules:
             raise ValueError("lora_target_modules is an empty list; give module names, 'all-linear', or leave it out for the default")
+        if self.base_dtype != "float32" and self.method not in ADAPTER_METHODS:
+            raise ValueError("base_dtype bfloat16 needs method lora or dora (full fine-tuning trains in float32)")
         return self

@@ -65,6 +65,11 @@ class Job(SQLModel, table=True):
     interruptions: int = Field(default=0, description="Worker deaths since the last progress.")
     interrupted_at_step: Optional[int] = None
     not_before: Optional[datetime] = Field(default=None, description="Do not restart before this time (backoff after an interruption).", sa_type=DateTime)
+    tokens_seen: int = Field(default=0, description="Tokens trained on so far (as of the last completed step).")
+    energy_mwh: float = Field(default=0.0, description="Energy drawn from the battery while the job trained, where current and voltage could be read.")
+    energy_seconds: float = Field(default=0.0, description="Seconds of training over which energy was measured (on battery, with power readings).")
+    energy_tokens: int = Field(default=0, description="Tokens trained during energy_seconds.")
+    battery_percent_used: float = Field(default=0.0, description="Battery percentage points the level dropped while the job trained.")
     created_at: datetime = Field(default_factory=utcnow, index=True, sa_type=DateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime)
     started_at: Optional[datetime] = Field(default=None, sa_type=DateTime)
@@ -96,6 +101,7 @@ class Metric(SQLModel, table=True):
     tokens: Optional[int] = Field(default=None, description="Tokens in this step.")
     tokens_per_second: Optional[float] = None
     rss_mb: Optional[float] = None
+    perplexity: Optional[float] = Field(default=None, description="exp(loss), for eval rows.")
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime)
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from mftd.errors import ConflictError, InvalidValueError
+from mftd.errors import ConflictError, InvalidValueError, NotFoundError
 from mftd.jobconfig import JobConfig
 from mftd.registry.lookup import Reference, get_row, resolve
 from mftd.settings import Settings
@@ -41,6 +41,7 @@ def create_job(
         # The default must not refuse a small-context model; an explicit value must fit.
         config = config.model_copy(update={"max_seq_len": model_row.context_length})
     _check_job_fits(config, model_row, dataset_row)
+    _check_validation_dataset(session, config)
     job = Job(
         name=name,
         model_id=model_row.id,
@@ -60,6 +61,16 @@ def create_job(
     session.commit()
     session.refresh(job)
     return job
+
+
+def _check_validation_dataset(session: Session, config: JobConfig) -> None:
+    if config.validation_dataset is not None:
+        try:
+            resolve(session, Dataset, config.validation_dataset, "dataset")
+        except NotFoundError as error:
+            raise InvalidValueError("validation_dataset", f"validation_dataset: {error}") from error
+    elif config.eval_every_steps is not None:
+        raise InvalidValueError("eval_every_steps", "eval_every_steps is set but validation_dataset is not; name a registered dataset to evaluate on.")
 
 
 def _check_job_fits(config: JobConfig, model: Model, dataset: Dataset) -> None:

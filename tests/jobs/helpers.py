@@ -98,7 +98,7 @@ def checkpoint_rows(engine: Engine, job_id: int) -> list[Checkpoint]:
 
 def final_weights(settings: Settings, job_id: int, method: str = "lora") -> dict[str, torch.Tensor]:
     """The tensors of a finished job's adapter (or full model)."""
-    folder = settings.job_dir(job_id) / (ADAPTER_DIRNAME if method == "lora" else FULL_MODEL_DIRNAME)
+    folder = settings.job_dir(job_id) / (FULL_MODEL_DIRNAME if method == "full" else ADAPTER_DIRNAME)
     [weights_file] = folder.glob("*.safetensors")
     return load_file(weights_file)
 
