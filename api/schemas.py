@@ -61,7 +61,7 @@ class ModelCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name
-    path: str = Field(min_length=1, description="Absolute path of a local Hugging Face model folder.")
+    path: str = Field(min_length=1, description="Absolute path of a local Hugging Face model folder (or of a .gguf file to import).")
 
 
 class ModelPublic(BaseModel):
@@ -77,7 +77,17 @@ class ModelPublic(BaseModel):
     dtype: str
     context_length: int
     has_chat_template: bool
+    status: str = Field("ready", description="ready; importing or failed for a GGUF import.")
+    progress: Optional[float] = Field(None, description="How far a GGUF import is, 0..1.")
+    status_message: Optional[str] = Field(None, description="What an import is doing, or why it failed.")
     created_at: IsoTime
+
+
+class ModelImport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    path: str = Field(min_length=1, description="Absolute path of a .gguf file to convert once into a Hugging Face folder.")
 
 
 class ModelsPublic(BaseModel):

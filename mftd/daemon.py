@@ -25,6 +25,7 @@ from sqlmodel import select
 from mftd.db import make_engine, new_session
 from mftd.device import DeviceState, read_device_state
 from mftd.errors import ConflictError, RemoteHostRefusedError
+from mftd.model_import import fail_unfinished_imports
 from mftd.recovery import recover_orphaned_jobs
 from mftd.scheduler import Action, FailJob, JobView, KillJob, Limits, StartJob, StopJob, decide
 from mftd.settings import Settings, is_loopback_host
@@ -174,6 +175,8 @@ def serve(settings: Settings) -> None:
         recovered = recover_orphaned_jobs(session, settings)
     if recovered:
         log.info("settled jobs left running by the previous daemon: %s", ", ".join(map(str, recovered)))
+    if fail_unfinished_imports(engine):
+        log.info("marked GGUF imports left unfinished by the previous daemon as failed")
 
     listener = _bind(settings.host, settings.port)
     port = listener.getsockname()[1]

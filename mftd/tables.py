@@ -29,6 +29,9 @@ class Model(SQLModel, table=True):
     dtype: str
     context_length: int
     has_chat_template: bool
+    status: str = Field(default="ready", description="ready, or importing / failed for a model converted from GGUF.")
+    progress: Optional[float] = Field(default=None, description="How far a GGUF import is, 0..1.")
+    status_message: Optional[str] = Field(default=None, description="What an import is doing, or why it failed.")
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime)
 
 

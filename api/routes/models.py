@@ -1,19 +1,33 @@
-"""Base models: local Hugging Face folders registered by path."""
+"""Base models: local Hugging Face folders registered by path, or GGUF files imported once."""
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 
-from api.deps import LimitQuery, SessionDep, SettingsDep, SkipQuery
-from api.schemas import Message, ModelCreate, ModelPublic, ModelsPublic
+from api.deps import EngineDep, LimitQuery, NotifyChangeDep, SessionDep, SettingsDep, SkipQuery
+from api.schemas import Message, ModelCreate, ModelImport, ModelPublic, ModelsPublic
 from mftd import registry
+from mftd.model_import import is_gguf_path, start_import
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
 @router.post("", response_model=ModelPublic, status_code=status.HTTP_201_CREATED)
-def create_model(session: SessionDep, settings: SettingsDep, model_in: ModelCreate) -> ModelPublic:
-    """Inspect a local Hugging Face folder and register it."""
+def create_model(
+    session: SessionDep, engine: EngineDep, settings: SettingsDep, notify_change: NotifyChangeDep, model_in: ModelCreate, response: Response
+) -> ModelPublic:
+    """Inspect a local Hugging Face folder and register it; a .gguf path starts an import (202)."""
+    if is_gguf_path(model_in.path):
+        response.status_code = status.HTTP_202_ACCEPTED
+        return ModelPublic.model_validate(start_import(session, engine, settings, model_in.name, model_in.path, notify_change))
     model = registry.register_model(session, settings, model_in.name, model_in.path)
     return ModelPublic.model_validate(model)
+
+
+@router.post("/import", response_model=ModelPublic, status_code=status.HTTP_202_ACCEPTED)
+def import_model(
+    session: SessionDep, engine: EngineDep, settings: SettingsDep, notify_change: NotifyChangeDep, model_in: ModelImport
+) -> ModelPublic:
+    """Convert a GGUF file into a Hugging Face folder under the data dir, in a child process; poll the model for progress."""
+    return ModelPublic.model_validate(start_import(session, engine, settings, model_in.name, model_in.path, notify_change))
 
 
 @router.get("", response_model=ModelsPublic)

@@ -37,6 +37,10 @@ def create_job(
     """
     model_row: Model = resolve(session, Model, model, "model")
     dataset_row: Dataset = resolve(session, Dataset, dataset, "dataset")
+    if model_row.status != "ready":
+        raise InvalidValueError(
+            "model", f"model {model_row.name} is {model_row.status} ({model_row.status_message}); wait for its import or pick a ready model."
+        )
     if "max_seq_len" not in config.model_fields_set and config.max_seq_len > model_row.context_length:
         # The default must not refuse a small-context model; an explicit value must fit.
         config = config.model_copy(update={"max_seq_len": model_row.context_length})
