@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -31,8 +31,39 @@ def make_engine(db_path: Path) -> Engine:
         cursor.close()
 
     SQLModel.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns a newer mftd added to an existing table: SQLite adds them in place, with their defaults.
+
+    ``create_all`` creates missing tables only; a database made by an older mftd would otherwise
+    fail on the first query that names a new column.
+    """
+    inspector = inspect(engine)
+    with engine.begin() as connection:
+        for table in SQLModel.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                clause = _default_clause(column)
+                nullability = " NOT NULL" if not column.nullable and clause else ""
+                connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}{nullability}{clause}'))
 
 
 def new_session(engine: Engine) -> Session:
     return Session(engine, expire_on_commit=False)
+
+
+def _default_clause(column) -> str:
+    default = column.default.arg if column.default is not None and column.default.is_scalar else None
+    if isinstance(default, bool):
+        return f" DEFAULT {int(default)}"
+    if isinstance(default, (int, float)):
+        return f" DEFAULT {default!r}"
+    if type(default) is str:
+        return " DEFAULT '" + default.replace("'", "''") + "'"
+    return ""

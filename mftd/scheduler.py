@@ -2,15 +2,19 @@
 
 ``decide`` is a pure function (no database, no clock, no processes): the daemon's tick takes a
 snapshot, calls it, and applies the returned actions through the supervisor. Device policy
-(thresholds, hysteresis) lives in ``DeviceState.can_train``; this module only reacts to it.
+(constraints, hysteresis) lives in ``mftd.policy``; ``DeviceState.verdict_for`` carries each
+job's verdict here, and this module only reacts to it.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
+from mftd.jobconfig import JobConstraints
 from mftd.status import JobStatus
 
 if TYPE_CHECKING:
@@ -34,6 +38,8 @@ class JobView:
     interruptions: int = 0
     heartbeat_at: Optional[datetime] = None
     status_reason: Optional[str] = None
+    constraints: Optional[JobConstraints] = None
+    tokens_seen: int = 0
 
     @classmethod
     def of(cls, job: "Job") -> "JobView":
@@ -47,7 +53,17 @@ class JobView:
             interruptions=job.interruptions,
             heartbeat_at=job.heartbeat_at,
             status_reason=job.status_reason,
+            constraints=_constraints_of(job.config_json),
+            tokens_seen=job.tokens_seen or 0,
         )
+
+
+def _constraints_of(config_json: str) -> Optional[JobConstraints]:
+    """The job's own constraints; None (the daemon's defaults) if the config cannot be read."""
+    try:
+        return JobConstraints.model_validate(json.loads(config_json).get("constraints") or {})
+    except (ValueError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -116,7 +132,7 @@ def decide(
 
     Args:
         jobs: the jobs that are not final.
-        device: the current device state; ``can_train`` False stops the running worker.
+        device: the current device state; a job whose verdict disallows training does not start, or is stopped.
         now: naive UTC.
         running: the supervisor's worker, or None when it has none.
         limits: heartbeat timeout, stop grace and retry budget.
@@ -147,13 +163,14 @@ def decide(
         actions.append(FailJob(job_id, _out_of_retries_text(by_id[job_id], limits)))
 
     slot_taken = running is not None or any(job.status == JobStatus.RUNNING for job in jobs)
-    if not slot_taken and device.can_train:
+    if not slot_taken:
         candidates = [
             job
             for job in jobs
             if job.status.is_resumable
             and job.id not in failing
             and (job.not_before is None or job.not_before <= now)
+            and device.verdict_for(job.id).allowed
         ]
         if candidates:
             best = min(candidates, key=lambda job: (-job.priority, job.created_at, job.id))
@@ -174,9 +191,9 @@ def _watch_running(
         return [KillJob(job.id, _silence_text(silence, limits))]
     if job.stop_request:
         return [StopJob(job.id, _stop_request_text(job.stop_request))]
-    # The seam for device policy: DeviceState.can_train already includes thresholds and hysteresis.
-    if not device.can_train:
-        reasons = "; ".join(device.reasons) or "the device cannot train right now"
+    verdict = device.verdict_for(job.id)
+    if not verdict.allowed:
+        reasons = "; ".join(verdict.reasons) or "the device cannot train right now"
         return [StopJob(job.id, reasons, request=DEVICE_STOP_REQUEST)]
     return []
 
@@ -200,13 +217,22 @@ def _stop_request_text(request: str) -> str:
 
 
 def _out_of_retries_text(job: JobView, limits: Limits) -> str:
-    last = f" The last one: {job.status_reason}." if job.status_reason else ""
+    last = _without_retry_note(job.status_reason or "")
+    last_text = f" The last time: {last}." if last else ""
     return (
         f"the worker was interrupted {job.interruptions} times in a row without making progress "
-        f"(limit {limits.max_interruptions}).{last} Check jobs/{job.id}/worker.log; if it was killed for memory, "
-        "try a smaller max_seq_len or batch_size, gradient_checkpointing=true, or method=lora, "
-        "then resubmit the job (or raise MFTD_MAX_INTERRUPTIONS)."
+        f"(limit {limits.max_interruptions}).{last_text} Its log is jobs/{job.id}/worker.log. "
+        "If Android killed it (the phantom process killer of Android 12+ kills background processes of apps): "
+        "run `adb shell device_config put activity_manager max_phantom_processes 2147483647` once "
+        "(Android 14+: Developer options > Disable child process restrictions), and turn off battery optimisation for Termux. "
+        "If it ran out of memory: try a smaller max_seq_len or batch_size, gradient_checkpointing=true, or method=lora. "
+        "Then submit the job again (or raise MFTD_MAX_INTERRUPTIONS)."
     )
+
+
+def _without_retry_note(reason: str) -> str:
+    """'killed by SIGKILL (interruption 3; retrying after ...)' -> 'killed by SIGKILL'."""
+    return re.sub(r"\s*\(interruption \d+; retrying after [^)]*\)\s*$", "", reason).rstrip(". ")
 
 
 def backoff_delay(interruptions: int, base_seconds: float = 2.0, cap_seconds: float = 300.0) -> timedelta:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mftd.hours import parse_hours
 
 
 def default_data_dir() -> Path:
@@ -47,6 +50,30 @@ class Settings(BaseSettings):
     max_interruptions: int = Field(5, ge=0, description="How many times a job may be interrupted without progress before it fails.")
     worker_python: str = Field("", description="Python interpreter for training workers (default: the daemon's own).")
     log_level: str = Field("info", description="Daemon log level: debug, info, warning or error.")
+
+    # Device policy: the defaults of every job's constraints (mftd.jobconfig.JobConstraints), then hysteresis.
+    require_charging: bool = Field(False, description="Default: train only on external power.")
+    min_battery_percent: float = Field(30.0, ge=0, le=100, description="Default: on battery, train only at or above this level (0 disables).")
+    max_battery_temp_c: float = Field(42.0, gt=0, le=100, description="Default: stop training above this battery temperature.")
+    throttle_battery_temp_c: float = Field(38.0, gt=0, le=100, description="Default soft limit: above it training slows down (pauses between steps).")
+    require_idle: bool = Field(False, description="Default: train only while other processes leave the CPU idle and the screen is off.")
+    allowed_hours: str = Field("", description="Default: local times training may run, e.g. 23:00-07:00 ('' for any time).")
+    min_free_storage_mb: float = Field(500.0, ge=0, description="Default: train only with this much free storage.")
+    idle_cpu_percent: float = Field(20.0, ge=0, le=100, description="Other processes below this share of all cores count as idle.")
+    idle_minutes: float = Field(5.0, ge=0, description="How long the load must stay below idle_cpu_percent to count as idle.")
+    settle_seconds: float = Field(300.0, ge=0, description="After a device stop, conditions must hold this long (with the margins) before the job resumes.")
+    resume_margin_temp_c: float = Field(3.0, ge=0, description="After a stop, resume only this far below max_battery_temp_c.")
+    resume_margin_battery_percent: float = Field(5.0, ge=0, description="After a stop on battery, resume only this far above min_battery_percent.")
+    min_duty_cycle: float = Field(0.25, gt=0, le=1, description="Share of time spent training at the hard temperature limit when throttled (1 disables throttling).")
+    sensors_file: Optional[Path] = Field(None, description="A JSON file of scripted readings that override the real sensors (tests, demos); see mftd.sensors.scripted.")
+    time_zone: str = Field("", description="IANA time zone for allowed_hours (default: the system's local time).")
+    wake_lock: bool = Field(True, description="Hold termux-wake-lock while a worker trains (where the command exists).")
+
+    @field_validator("allowed_hours")
+    @classmethod
+    def _check_hours(cls, value: str) -> str:
+        parse_hours(value)
+        return value
 
     @property
     def db_path(self) -> Path:

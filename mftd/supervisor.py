@@ -28,7 +28,9 @@ from mftd.scheduler import RunningView, backoff_delay
 from mftd.settings import Settings
 from mftd.status import JobStatus, set_status
 from mftd.tables import Event, Job
+from mftd.throttle import FULL_SPEED, THROTTLE_FILENAME, Throttle, write_throttle
 from mftd.timeutil import iso_z, utcnow
+from mftd.wakelock import WakeLock
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class _Run:
     stop_reason: Optional[str] = None
     kill_reason: Optional[str] = None
     shutting_down: bool = False
+    throttle: Throttle = FULL_SPEED
 
 
 @dataclass(frozen=True)
@@ -65,14 +68,22 @@ class Supervisor:
         engine: the daemon's database engine.
         settings: data dir, stop grace, worker interpreter.
         command_factory: ``(job_id, data_dir) -> argv``; default ``protocol.worker_command``.
+        wake_lock: held while a worker runs; default Termux's, if ``settings.wake_lock``.
     """
 
-    def __init__(self, engine: Engine, settings: Settings, command_factory: Optional[CommandFactory] = None):
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        command_factory: Optional[CommandFactory] = None,
+        wake_lock: Optional[WakeLock] = None,
+    ):
         self.engine = engine
         self.settings = settings
         self.command_factory = command_factory or (
             lambda job_id, data_dir: protocol.worker_command(job_id, data_dir, settings.worker_python)
         )
+        self.wake_lock = wake_lock or WakeLock(enabled=settings.wake_lock)
         self._run: Optional[_Run] = None
 
     @property
@@ -103,6 +114,8 @@ class Supervisor:
             set_status(session, job, JobStatus.RUNNING)
             events_before = _newest_event_id(session, job_id)
             command = self.command_factory(job_id, self.settings.data_dir)
+            (self.settings.job_dir(job_id) / THROTTLE_FILENAME).unlink(missing_ok=True)  # a new run starts at full speed
+            self.wake_lock.acquire()
             try:
                 process = self._spawn(job_id, command, now)
             except OSError as error:
@@ -112,6 +125,7 @@ class Supervisor:
                     JobStatus.FAILED,
                     f"could not start the training worker ({' '.join(command)}): {error}; check MFTD_WORKER_PYTHON",
                 )
+                self.wake_lock.release()
                 return
             job.worker_pid = process.pid
             session.add(job)
@@ -136,6 +150,24 @@ class Supervisor:
         run.stop_reason = reason
         self._signal(run, signal.SIGTERM)
         log.info("job %s: asked the worker to stop (%s)", job_id, reason)
+
+    def set_throttle(self, job_id: int, throttle: Throttle, now: Optional[datetime] = None) -> None:
+        """Tell the running worker to train ``throttle.duty_cycle`` of the time; it reads this between optimizer steps."""
+        run = self._run
+        if run is None or run.job_id != job_id or run.stop_sent_at is not None or throttle == run.throttle:
+            return
+        try:
+            write_throttle(self.settings.job_dir(job_id) / THROTTLE_FILENAME, throttle)
+        except OSError as error:
+            log.warning("job %s: could not write the throttle: %s", job_id, error)
+            return
+        if throttle.is_throttled != run.throttle.is_throttled:
+            message = f"slowing down: {throttle.reason}" if throttle.is_throttled else "back to full speed: the battery cooled below the soft limit"
+            with new_session(self.engine) as session:
+                session.add(Event(job_id=job_id, kind="throttle", message=message, created_at=now or utcnow()))
+                session.commit()
+            log.info("job %s: %s", job_id, message)
+        run.throttle = throttle
 
     def kill(self, job_id: int, reason: str, now: Optional[datetime] = None) -> None:
         """SIGKILL the worker of ``job_id`` and settle the job; a running job without our worker becomes interrupted."""
@@ -163,6 +195,7 @@ class Supervisor:
         now = now or utcnow()
         code = run.process.returncode
         _kill_leftovers(run.process.pid)
+        self.wake_lock.release()
         with new_session(self.engine) as session:
             job = session.get(Job, run.job_id)
             if job is None:

@@ -11,13 +11,13 @@ from sqlmodel import select
 
 from mftd.daemon import Daemon
 from mftd.db import new_session
-from mftd.device import DeviceState
 from mftd.scheduler import FailJob, KillJob, StartJob, StopJob
 from mftd.status import JobStatus
 from mftd.supervisor import Supervisor
 from mftd.tables import Event
 from mftd.timeutil import utcnow
 from tests.mftd.conftest import fake_worker_command, get_job, wait_until, wait_until_ready
+from tests.mftd.scripted_device import ScriptedSensors, scripted_monitor
 
 
 @pytest.fixture
@@ -240,22 +240,12 @@ def test_a_worker_that_cannot_start_fails_the_job(engine, settings, make_job):
 # ---- through the daemon's tick, with scripted device readings -------------------------------------------
 
 
-class ScriptedDevice:
-    """The one thing mocked: the sensors."""
-
-    def __init__(self):
-        self.state = DeviceState(can_train=True)
-
-    def __call__(self, data_dir):
-        return self.state
-
-
 @pytest.fixture
 def daemon(engine, settings, fake_jobs_root):
-    device = ScriptedDevice()
+    sensors = ScriptedSensors()
     supervisor = Supervisor(engine, settings, command_factory=fake_worker_command(fake_jobs_root))  # mode from job name
-    daemon = Daemon(settings, engine, supervisor=supervisor, read_device=device)
-    daemon.device = device
+    daemon = Daemon(settings, engine, supervisor=supervisor, monitor=scripted_monitor(settings, sensors))
+    daemon.sensors = sensors
     yield daemon
     daemon.shutdown()
 
@@ -274,13 +264,16 @@ def test_tick_stops_for_the_device_and_resumes_when_it_allows(daemon, make_job, 
     job_id = make_job(name="sleep")
     daemon.tick()
     wait_until_ready(settings, job_id)
-    daemon.device.state = DeviceState(can_train=False, reasons=("not charging and battery 30% is below 50%",))
-    assert daemon.tick() == [StopJob(job_id, "not charging and battery 30% is below 50%", request="device")]
+    daemon.sensors.values.update(charging=False, battery_percent=10)
+    assert daemon.tick() == [StopJob(job_id, "battery 10% is below 30% and not charging", request="device")]
     wait_until(lambda: (daemon.tick(), get_job(engine, job_id).status == JobStatus.WAITING)[1], what="waiting")
-    assert get_job(engine, job_id).status_reason == "not charging and battery 30% is below 50%"
+    assert get_job(engine, job_id).status_reason == "battery 10% is below 30% and not charging"
     assert daemon.tick() == []  # still cannot train
-    daemon.device.state = DeviceState(can_train=True)
-    assert daemon.tick() == [StartJob(job_id)]
+    daemon.sensors.values.update(charging=True)
+    plugged_in = utcnow()
+    assert daemon.tick(now=plugged_in) == []  # hysteresis: conditions must hold for the settle period first
+    assert daemon.tick(now=plugged_in + timedelta(seconds=settings.settle_seconds - 1)) == []
+    assert daemon.tick(now=plugged_in + timedelta(seconds=settings.settle_seconds)) == [StartJob(job_id)]
     assert get_job(engine, job_id).status == JobStatus.RUNNING
 
 
@@ -300,7 +293,7 @@ def test_tick_kills_a_worker_that_outstays_its_stop_grace(daemon, make_job, engi
     job_id = make_job(name="ignore-term")
     daemon.tick()
     wait_until_ready(settings, job_id)
-    daemon.device.state = DeviceState(can_train=False, reasons=("too hot",))
+    daemon.sensors.values.update(battery_temp_c=50)
     daemon.tick()
     assert daemon.tick(now=utcnow() + timedelta(seconds=1)) == []
     daemon.tick(now=utcnow() + timedelta(seconds=settings.stop_grace_seconds + 1))
@@ -325,10 +318,10 @@ def test_tick_fails_a_job_out_of_retries(daemon, make_job, engine, settings):
 
 
 def test_a_failing_tick_is_logged_not_raised(daemon, make_job, caplog):
-    def broken_sensor(data_dir):
-        raise RuntimeError("sensor exploded")
+    def broken_policy(jobs, now):
+        raise RuntimeError("policy exploded")
 
-    daemon.read_device = broken_sensor
+    daemon.monitor.observe = broken_policy
     make_job()
     assert daemon.tick() == []
     assert "scheduler tick failed" in caplog.text
@@ -338,23 +331,24 @@ def test_events_record_the_story(daemon, make_job, engine, settings):
     job_id = make_job(name="sleep")
     daemon.tick()
     wait_until_ready(settings, job_id)
-    daemon.device.state = DeviceState(can_train=False, reasons=("too hot",))
+    daemon.sensors.values.update(battery_temp_c=45)
     daemon.tick()
     wait_until(lambda: (daemon.tick(), get_job(engine, job_id).status == JobStatus.WAITING)[1], what="waiting")
+    daemon.tick()
     with new_session(engine) as session:
         messages = [event.message for event in session.exec(select(Event).where(Event.job_id == job_id).order_by(Event.id))]
-    assert messages == ["queued -> running", "stopping the worker: too hot", "running -> waiting: too hot"]
+    too_hot = "battery 45 °C is above 42 °C"
+    assert messages == ["queued -> running", f"stopping the worker: {too_hot}", f"running -> waiting: {too_hot}"]
 
 
 def test_poke_runs_a_tick_now_instead_of_at_the_next_interval(engine, settings, fake_jobs_root, make_job):
     settings = settings.model_copy(update={"tick_seconds": 3600})
-    device = ScriptedDevice()
-    calls = []
+    sensors = ScriptedSensors()
     supervisor = Supervisor(engine, settings, command_factory=fake_worker_command(fake_jobs_root))
-    daemon = Daemon(settings, engine, supervisor=supervisor, read_device=lambda data_dir: calls.append(1) or device.state)
+    daemon = Daemon(settings, engine, supervisor=supervisor, monitor=scripted_monitor(settings, sensors))
     daemon.start_scheduler()
     try:
-        wait_until(lambda: calls, what="the first tick")
+        wait_until(lambda: sensors.reads, what="the first tick")
         job_id = make_job(name="sleep")
         daemon.poke()
         wait_until(lambda: get_job(engine, job_id).status == JobStatus.RUNNING, timeout=5, what="the poked tick")
