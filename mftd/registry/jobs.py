@@ -62,6 +62,16 @@ def create_job(
             message=f"queued: {config.method} fine-tuning of model {model_row.name} on dataset {dataset_row.name}",
         )
     )
+    if dataset_row.format == "messages" and not model_row.has_chat_template:
+        session.add(
+            Event(
+                job_id=job.id,
+                level="warning",
+                kind="created",
+                message=f"model {model_row.name} has no chat template: dataset {dataset_row.name}'s conversations will use the simple "
+                "'role: content' fallback template, which is saved with the adapter",
+            )
+        )
     session.commit()
     session.refresh(job)
     return job
@@ -89,12 +99,6 @@ def _check_job_fits(config: JobConfig, model: Model, dataset: Dataset) -> None:
             "dataset_format",
             f"dataset_format is {config.dataset_format}, but dataset {dataset.name} is in {dataset.format} format; "
             "leave dataset_format as auto or pick a matching dataset.",
-        )
-    if dataset.format == "messages" and not model.has_chat_template:
-        raise InvalidValueError(
-            "dataset",
-            f"dataset {dataset.name} holds chat messages, but model {model.name} has no chat template to format them; "
-            "use a chat model, or a text or prompt_completion dataset.",
         )
 
 

@@ -96,8 +96,9 @@ def test_config_must_fit_the_model_and_dataset(session, settings, model, dataset
         registry.create_job(session, settings, model.id, dataset.id, JobConfig(dataset_format="text"))
     assert caught.value.field == "dataset_format"
     chat = registry.register_dataset(session, settings, "chat", upload=CHAT)
-    with pytest.raises(InvalidValueError, match="no chat template"):
-        registry.create_job(session, settings, model.id, chat.id, JobConfig())
+    job = registry.create_job(session, settings, model.id, chat.id, JobConfig())
+    [warning] = [event for event in registry.list_events(session, job.id) if event.level == "warning"]
+    assert "no chat template" in warning.message and "fallback" in warning.message
 
 
 def test_pause_resume_cancel(session, job):
