@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--dataset", required=True, help="Dataset name (or id).")
     submit.add_argument("--name", help="A name for the job.")
     submit.add_argument("--priority", type=int, help="Higher runs first (default 0).")
-    submit.add_argument("--method", choices=["lora", "full"])
+    submit.add_argument("--method", choices=["lora", "dora", "full"])
     submit.add_argument("--max-steps", type=int)
     submit.add_argument("--learning-rate", type=float)
     submit.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="Any job config field (repeatable), e.g. --set batch_size=2.")
@@ -493,4 +493,3 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 print(f"mftd: gave up waiting after {args.timeout:g} s; {_job_line(job)}", file=sys.stderr)
                 return 1
             time.sleep(WAIT_POLL_SECONDS)
-

