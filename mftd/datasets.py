@@ -143,7 +143,7 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def validate_jsonl(path: str | Path, declared_format: str = "auto") -> DatasetInfo:
+def validate_jsonl(path: str | Path, declared_format: str = "auto", display_name: Optional[str] = None) -> DatasetInfo:
     """Check every line of a JSONL dataset and tell its format and size.
 
     Blank lines are skipped. With ``declared_format="auto"`` the file's format is that of its
@@ -152,6 +152,7 @@ def validate_jsonl(path: str | Path, declared_format: str = "auto") -> DatasetIn
     Args:
         path: the JSONL file.
         declared_format: ``auto``, ``text``, ``prompt_completion`` or ``messages``.
+        display_name: what to call the file in messages (an upload's own name rather than its temp file).
 
     Returns:
         The format, number of examples, file size and the longest example in characters.
@@ -167,12 +168,12 @@ def validate_jsonl(path: str | Path, declared_format: str = "auto") -> DatasetIn
         if not file.is_file():
             what = "is a folder" if file.is_dir() else ("is not a regular file" if file.exists() else "does not exist")
             raise DatasetValidationError(f"dataset file {file} {what}; give the path of a JSONL file.")
-        return _validate_lines(file, declared_format)
+        return _validate_lines(file, declared_format, display_name or file.name)
     except (ValueError, RuntimeError, OSError) as error:  # a NUL byte, an unknown ~user, an unreadable file
         raise DatasetValidationError(f"dataset file {str(path)!r} cannot be read: {error}") from error
 
 
-def _validate_lines(file: Path, declared_format: str) -> DatasetInfo:
+def _validate_lines(file: Path, declared_format: str, display_name: str) -> DatasetInfo:
     file_format: Optional[str] = None if declared_format == "auto" else declared_format
     format_line = 0
     problems: list[tuple[int, str]] = []
@@ -220,7 +221,7 @@ def _validate_lines(file: Path, declared_format: str) -> DatasetInfo:
         first_line, first_message = problems[0]
         where = f"line {first_line}" if first_line else "the file"
         raise DatasetValidationError(
-            f"dataset {file.name}: {num_problems} problem{'s' if num_problems != 1 else ''}{shown}; "
+            f"dataset {display_name}: {num_problems} problem{'s' if num_problems != 1 else ''}{shown}; "
             f"first: {where}: {first_message}",
             problems,
         )

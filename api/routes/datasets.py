@@ -35,7 +35,7 @@ def create_dataset(
             ],
         )
     if has_file:
-        dataset = registry.register_dataset(session, settings, name, upload=file.file, declared_format=format)
+        dataset = registry.register_dataset(session, settings, name, upload=file.file, declared_format=format, upload_name=file.filename)
     else:
         dataset = registry.register_dataset(session, settings, name, source_path=path, declared_format=format)
     return DatasetPublic.model_validate(dataset)

@@ -29,6 +29,7 @@ def register_dataset(
     source_path: Optional[str | Path] = None,
     upload: Optional[bytes | BinaryIO] = None,
     declared_format: str = "auto",
+    upload_name: Optional[str] = None,
 ) -> Dataset:
     """Validate a JSONL dataset and register it under ``name``.
 
@@ -40,6 +41,7 @@ def register_dataset(
         source_path: a local JSONL file (exclusive with ``upload``).
         upload: the file's bytes, or a binary stream to copy them from.
         declared_format: ``auto`` to detect the format, or the format every line must have.
+        upload_name: the uploaded file's own name, for messages.
 
     Raises:
         InvalidValueError: the name is not usable, or neither or both of source_path and upload were given.
@@ -57,7 +59,7 @@ def register_dataset(
     target = settings.datasets_dir / f"{name}.jsonl"
     temp_path = _write_upload(settings.datasets_dir, upload)
     try:
-        info = validate_jsonl(temp_path, declared_format)
+        info = validate_jsonl(temp_path, declared_format, display_name=upload_name or f"upload for {name!r}")
         os.replace(temp_path, target)
     finally:
         if temp_path.exists():

@@ -36,6 +36,7 @@ def test_malformed_line_is_422_naming_the_line(client: TestClient, auth: dict[st
     assert "in messages format, but the file is text" in problems[6]
     assert '"text" is a number' in problems[7]
     assert "4 problems" in body["detail"]
+    assert body["detail"].startswith("dataset data.jsonl:"), "the message names the uploaded file, not a temp file"
     assert list(settings.datasets_dir.iterdir()) == []  # a bad upload leaves nothing behind
 
 
