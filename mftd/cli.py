@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("device", cmd_device, "Show the device readings and whether training may run.", parents=(client, as_json))
 
+    watch = command("watch", cmd_watch, "Show a job's live progress (step/total, loss, tokens/s, ETA, and why it waits) until it ends; exit 0 if it succeeded.", parents=(client, as_json))
+    watch.add_argument("job_id", type=int)
+
+    open_command = command("open", cmd_open, "Print (and open) a dashboard URL that logs in once with a one-time code.", parents=(client, as_json))
+    open_command.add_argument("--no-browser", action="store_true", help="Only print the URL.")
+
     wait = command("wait", cmd_wait, "Wait until a job ends; exit 0 if it succeeded, else 1 (also when it is paused).")
     wait.add_argument("job_id", type=int)
     wait.add_argument("--timeout", type=float, help="Give up after this many seconds (exit 1).")
@@ -493,3 +499,34 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 print(f"mftd: gave up waiting after {args.timeout:g} s; {_job_line(job)}", file=sys.stderr)
                 return 1
             time.sleep(WAIT_POLL_SECONDS)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from mftd.watch import watch
+
+    with _client(args) as client:
+        return watch(client, args.job_id, as_json=args.json)
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        login = client.post("/v1/auth/login-codes")
+    url = f"{client.url}/#code={login['code']}"  # in the fragment: browsers never send it to a server
+    if args.json:
+        _print_json({"url": url, "expires_in": login.get("expires_in")})
+    else:
+        print(url)
+        print(f"the link logs in once, within {login.get('expires_in', 300) // 60} minutes", file=sys.stderr)
+    if not args.no_browser:
+        _open_in_browser(url)
+    return 0
+
+
+def _open_in_browser(url: str) -> None:
+    """Termux's opener on a phone; elsewhere the desktop's browser, if there is a desktop."""
+    if shutil.which("termux-open-url"):
+        subprocess.run(["termux-open-url", url], check=False, timeout=10)
+    elif sys.platform == "darwin" or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        import webbrowser
+
+        webbrowser.open(url)

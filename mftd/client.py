@@ -141,6 +141,21 @@ class Client:
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
             raise DaemonNotRunningError(self.url) from error
 
+    def stream(self, path: str) -> Iterator[tuple[str, Any]]:
+        """Yield ``(event name, data)`` from a Server-Sent Events route until the server closes it."""
+        timeout = httpx.Timeout(30.0, read=None)
+        try:
+            with self._http.stream("GET", path, headers={"Accept": "text/event-stream"}, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._raise_for_status(response)
+                for _event_id, name, data in _sse_messages(response.iter_lines()):
+                    yield name, data
+        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            raise DaemonNotRunningError(self.url) from error
+        except httpx.RemoteProtocolError:
+            return  # the daemon went away mid-stream; the caller reconnects
+
     def _raise_for_status(self, response: httpx.Response) -> None:
         if response.status_code < 400:
             return
@@ -151,7 +166,15 @@ class Client:
 
 
 def _parse_sse(lines: Iterator[str]) -> Iterator[tuple[Optional[str], dict]]:
+    for event_id, _name, payload in _sse_messages(lines):
+        if isinstance(payload, dict):
+            yield event_id, payload
+
+
+def _sse_messages(lines: Iterator[str]) -> Iterator[tuple[Optional[str], str, Any]]:
+    """``(last event id, event name, data)`` per message; data is parsed JSON, or ``{"message": text}``."""
     event_id: Optional[str] = None
+    name = "message"
     data: list[str] = []
     for line in lines:
         if line == "":
@@ -161,9 +184,9 @@ def _parse_sse(lines: Iterator[str]) -> Iterator[tuple[Optional[str], dict]]:
                     payload = json.loads(text)
                 except ValueError:
                     payload = {"message": text}
-                if isinstance(payload, dict):
-                    yield event_id, payload
+                yield event_id, name, payload
             data = []
+            name = "message"
             continue
         if line.startswith(":"):
             continue
@@ -173,3 +196,5 @@ def _parse_sse(lines: Iterator[str]) -> Iterator[tuple[Optional[str], dict]]:
             data.append(value)
         elif field == "id":
             event_id = value
+        elif field == "event":
+            name = value
