@@ -72,7 +72,7 @@ def generate_text(result: JobResult, prompt: str, max_new_tokens: int, compare: 
             command.append("--compare")
     else:
         command += ["--model", str(result.full_model)]
-    return _run_json(python, command, timeout_seconds, "generate")
+    return run_json_child(python, command, timeout_seconds, "generate")
 
 
 def export_merged(result: JobResult, python: str, timeout_seconds: float) -> dict[str, Any]:
@@ -81,11 +81,16 @@ def export_merged(result: JobResult, python: str, timeout_seconds: float) -> dic
         return {"path": str(result.full_model), "artifact": FULL_MODEL_DIRNAME, "merged": False}
     out_dir = result.job_dir / EXPORT_DIRNAME
     command = ["-m", "jobs.export", "--model", str(result.base_model), "--adapter", str(result.adapter), "--out", str(out_dir)]
-    answer = _run_json(python, command, timeout_seconds, "export")
+    answer = run_json_child(python, command, timeout_seconds, "export")
     return {"path": answer["path"], "artifact": EXPORT_DIRNAME, "merged": True, "num_parameters": answer.get("num_parameters")}
 
 
-def _run_json(python: str, arguments: list[str], timeout_seconds: float, what: str) -> dict[str, Any]:
+def run_json_child(python: str, arguments: list[str], timeout_seconds: float, what: str) -> dict[str, Any]:
+    """Run ``python ARGUMENTS`` (a jobs module) and return its last JSON line.
+
+    Raises:
+        HelperProcessError: it failed, printed an error, or ran out of time.
+    """
     try:
         finished = subprocess.run(
             [python or sys.executable, *arguments], capture_output=True, text=True, timeout=timeout_seconds, env=_child_env(), cwd=PROJECT_ROOT

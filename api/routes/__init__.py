@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from api.deps import CurrentAuth
 from api.routes import (
     auth,
+    dataset_tokens,
     datasets,
     device,
     health,
@@ -24,6 +25,7 @@ for protected in (
     device.router,
     models.router,
     datasets.router,
+    dataset_tokens.router,
     jobs.router,
     job_outputs.router,
     job_results.router,
