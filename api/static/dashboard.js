@@ -351,7 +351,10 @@ function etaSeconds(job, samples) {
 // Why a job that is not running is not running (yet).
 function waitReason(job) {
   const device = state.device;
-  const deviceReasons = device && !device.can_train && device.reasons.length ? device.reasons.join("; ") : "";
+  // The job's own verdict when the daemon reports one per job, else the device-wide one.
+  const verdict = device && Array.isArray(device.jobs) ? device.jobs.find((item) => item.job_id === job.id) : null;
+  const reasons = verdict ? (verdict.allowed ? [] : verdict.reasons || []) : device && !device.can_train ? device.reasons : [];
+  const deviceReasons = reasons.join("; ");
   switch (job.status) {
     case "waiting":
       return `waits for the device: ${job.status_reason || deviceReasons || "conditions not met"}`;
@@ -411,39 +414,52 @@ function readingValue(reading) {
   return `${number(reading.value)} ${reading.unit}`.trim();
 }
 
+const label = (key) => String(key).replace(/_mb$/, "").replaceAll("_", " ");
+
+// A list, not a table: on a phone the source notes get the full width under each reading.
 function renderDevice() {
   const device = state.device;
   const verdict = $("device-verdict");
   verdict.textContent = device.can_train ? "Training may run now." : "Training is held back:";
   verdict.className = `verdict ${device.can_train ? "ok" : "held"}`;
   $("device-reasons").replaceChildren(...device.reasons.map((reason) => h("li", { text: reason })));
-  const rows = device.readings.map((reading) => h("tr", {},
-    h("th", { scope: "row", text: reading.name.replace(/_mb$/, "").replaceAll("_", " ") }),
-    h("td", { text: readingValue(reading) }),
-    h("td", { class: "muted small", text: reading.unavailable_reason || reading.source })));
-  $("device-readings").replaceChildren(h("table", {},
-    h("thead", {}, h("tr", {}, h("th", { text: "reading" }), h("th", { text: "value" }), h("th", { text: "source" }))),
-    h("tbody", {}, rows)));
-  // Whatever else the daemon reports about the device (e.g. each constraint and whether it holds).
-  const extra = Object.entries(device).filter(([key]) => !["can_train", "reasons", "readings"].includes(key));
-  $("device-extra").replaceChildren(...extra.map(([key, value]) => h("div", {}, h("h3", { text: key.replaceAll("_", " ") }), renderValue(value))));
+  $("device-readings").replaceChildren(h("ul", { class: "records" }, device.readings.map((reading) => h("li", {},
+    h("span", { class: "record-head" }, h("strong", { text: label(reading.name) }), h("span", { text: readingValue(reading) })),
+    h("span", { class: "muted small", text: reading.unavailable_reason || reading.source })))));
+  // Whatever else the daemon reports about the device (each constraint and whether it holds, per-job verdicts, ...).
+  const extra = Object.entries(device).filter(([key, value]) => !["can_train", "reasons", "readings"].includes(key) && value !== null);
+  $("device-extra").replaceChildren(...extra.map(([key, value]) => h("div", {}, h("h3", { text: label(key) }), renderValue(value))));
 }
 
 function cellText(value) {
   if (value === true) return "✓ yes";
   if (value === false) return "✗ no";
   if (value === null || value === undefined) return "–";
+  if (Array.isArray(value)) {
+    if (value.every((item) => item === null || typeof item !== "object")) return value.length ? value.join("; ") : "–";
+    const failing = value.filter((item) => item && item.holds === false).map((item) => item.constraint || item.name);
+    return failing.length ? `${failing.join(", ")}: not met` : `${value.length} checked, all met`;
+  }
   return typeof value === "object" ? JSON.stringify(value) : number(value);
 }
 
+// One record per object: its name (and ✓/✗ for a holds/allowed flag) on top, the other fields below.
+function renderRecord(item) {
+  const titleKey = ["constraint", "name", "job_id"].find((key) => key in item);
+  const flagKey = ["holds", "allowed", "ok"].find((key) => typeof item[key] === "boolean");
+  const title = titleKey === "job_id" ? `job #${item.job_id}` : titleKey ? label(item[titleKey]) : "";
+  const rest = Object.entries(item).filter(([key, value]) => key !== titleKey && key !== flagKey && value !== null && value !== "");
+  return h("li", { class: flagKey && !item[flagKey] ? "record-fails" : "" },
+    h("span", { class: "record-head" }, h("strong", { text: title }),
+      flagKey ? h("span", { class: item[flagKey] ? "holds" : "fails", text: item[flagKey] ? "✓ met" : "✗ not met" }) : null),
+    rest.map(([key, value]) => h("span", { class: "small", text: `${label(key)}: ${cellText(value)}` })));
+}
+
 function renderValue(value) {
-  if (Array.isArray(value) && value.length && value.every((item) => item && typeof item === "object" && !Array.isArray(item))) {
-    const columns = [...new Set(value.flatMap(Object.keys))];
-    return h("div", { class: "table-wrap" }, h("table", {},
-      h("thead", {}, h("tr", {}, columns.map((column) => h("th", { text: column.replaceAll("_", " ") })))),
-      h("tbody", {}, value.map((item) => h("tr", {}, columns.map((column) => h("td", { text: cellText(item[column]) })))))));
+  if (Array.isArray(value) && value.every((item) => item && typeof item === "object" && !Array.isArray(item))) {
+    return value.length ? h("ul", { class: "records" }, value.map(renderRecord)) : h("p", { class: "muted", text: "none" });
   }
-  if (value && typeof value === "object") return h("pre", { text: JSON.stringify(value, null, 2) });
+  if (value && typeof value === "object" && !Array.isArray(value)) return h("ul", { class: "records" }, renderRecord(value));
   return h("p", { text: cellText(value) });
 }
 
@@ -542,7 +558,12 @@ async function onJobSubmit(event) {
   if (name) body.name = name;
   for (const input of $("job-more-fields").querySelectorAll("[data-field]")) {
     const value = readMoreField(input, errors);
-    if (value !== undefined) body[input.dataset.field] = value;
+    if (value === undefined) continue;
+    // "constraints.min_battery_percent" goes into a nested object.
+    const path = input.dataset.field.split(".");
+    let target = body;
+    for (const key of path.slice(0, -1)) target = target[key] ??= {};
+    target[path[path.length - 1]] = value;
   }
   if (errors.length) { showMessage(message, `Not submitted: ${errors.join("; ")}.`); return; }
   showMessage(message, "Submitting…", "info");
@@ -565,7 +586,12 @@ async function loadMoreFields() {
     const job = schema.components.schemas.JobCreate;
     for (const [field, property] of Object.entries(job.properties)) {
       if (FORM_FIELDS.has(field)) continue;
-      container.append(moreField(field, property));
+      const nested = objectSchema(schema, property);
+      if (!nested) { container.append(moreField(field, property)); continue; }
+      // A group of settings (such as the job's device constraints): one input per field.
+      container.append(h("fieldset", { class: "group" }, h("legend", { text: field.replaceAll("_", " ") }),
+        property.description ? h("span", { class: "help", text: property.description }) : null,
+        Object.entries(nested.properties).map(([name, inner]) => moreField(`${field}.${name}`, inner))));
     }
   } catch (error) {
     state.schemaLoaded = false;
@@ -573,20 +599,29 @@ async function loadMoreFields() {
   }
 }
 
+// The object schema a property refers to (directly or as "X or null"), if it is one with fields.
+function objectSchema(schema, property) {
+  for (const variant of property.anyOf || property.allOf || [property]) {
+    const target = variant.$ref ? schema.components.schemas[variant.$ref.split("/").pop()] : variant;
+    if (target && target.type === "object" && target.properties) return target;
+  }
+  return null;
+}
+
 function moreField(field, property) {
   const variants = (property.anyOf || [property]).filter((variant) => variant.type !== "null");
   const simple = variants.length === 1 ? variants[0] : null;
-  const id = `more-${field}`;
+  const id = `more-${field.replace(".", "-")}`;
   const fallback = property.default;
   const placeholder = fallback === undefined || fallback === null ? "default" : typeof fallback === "string" ? fallback : JSON.stringify(fallback);
   let input;
   if (simple && (simple.enum || simple.const !== undefined)) {
     const values = simple.enum || [simple.const];
     input = h("select", { id, "data-field": field, "data-kind": "enum" },
-      h("option", { value: "", text: `default (${placeholder})` }), values.map((value) => h("option", { value, text: value })));
+      h("option", { value: "", text: placeholder === "default" ? "default" : `default (${placeholder})` }), values.map((value) => h("option", { value, text: value })));
   } else if (simple && simple.type === "boolean") {
     input = h("select", { id, "data-field": field, "data-kind": "boolean" },
-      h("option", { value: "", text: `default (${placeholder})` }), h("option", { value: "true", text: "yes" }), h("option", { value: "false", text: "no" }));
+      h("option", { value: "", text: placeholder === "default" ? "default" : `default (${placeholder})` }), h("option", { value: "true", text: "yes" }), h("option", { value: "false", text: "no" }));
   } else if (simple && (simple.type === "integer" || simple.type === "number")) {
     input = h("input", { id, type: "number", step: simple.type === "integer" ? "1" : "any", inputmode: "decimal",
       placeholder, "data-field": field, "data-kind": simple.type, name: field });
@@ -594,7 +629,7 @@ function moreField(field, property) {
     input = h("input", { id, type: "text", placeholder, "data-field": field, "data-kind": simple?.type === "string" ? "string" : "json",
       autocomplete: "off", spellcheck: "false" });
   }
-  return h("div", {}, h("label", { for: id, text: field.replaceAll("_", " ") }), input,
+  return h("div", {}, h("label", { for: id, text: field.split(".").pop().replaceAll("_", " ") }), input,
     property.description ? h("span", { class: "help", text: property.description }) : null);
 }
 
@@ -667,6 +702,10 @@ function renderStats() {
     ["Memory", last.rss_mb ? `${number(last.rss_mb, 3)} MB` : "–"],
     ["Battery", last.battery_percent !== undefined ? `${number(last.battery_percent, 3)} %` : null],
     ["Battery temp.", last.battery_temperature_c !== undefined ? `${number(last.battery_temperature_c, 3)} °C` : null],
+    ["Tokens seen", job.tokens_seen ? number(job.tokens_seen) : null],
+    ["Energy", job.energy_mwh ? `${number(job.energy_mwh, 3)} mWh` : null],
+    ["mWh / 1k tokens", job.energy_mwh_per_1k_tokens ? number(job.energy_mwh_per_1k_tokens, 3) : null],
+    ["Battery used", job.battery_percent_used ? `${number(job.battery_percent_used, 3)} %` : null],
     ["Interruptions", String(job.interruptions)],
     ["Started", localTime(job.started_at)],
     ["Finished", job.finished_at ? localTime(job.finished_at) : null],

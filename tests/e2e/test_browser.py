@@ -177,6 +177,7 @@ def submit_job_through_the_form(page) -> None:
     page.fill("#job-grad-accum", "1")
     page.fill("#job-name", "phone-test")
     page.fill("#more-lora_rank", "4")
+    page.fill("#more-constraints-min_free_storage_mb", "1")  # a group of fields from the schema, sent as a nested object
     page.click("#job-form button[type=submit]")
     page.wait_for_url(re.compile(r"#/jobs/1$"))
 
@@ -194,6 +195,8 @@ def check_the_finished_job_page(page, tmp_path: Path) -> Path:
     assert "running -> succeeded" in events
     stats = page.locator("#job-stats").inner_text()
     assert "10 / 10" in stats and "100 %" in stats
+    config = page.locator("#job-config").inner_text()
+    assert '"lora_rank": 4' in config and '"min_free_storage_mb": 1' in config
 
     playwright_sync.expect(page.locator('[data-artifact="adapter"]')).to_be_visible(timeout=15_000)
     with page.expect_download() as download_info:
@@ -234,7 +237,7 @@ def check_the_home_page(page, daemon: DaemonProcess, tmp_path: Path) -> None:
     playwright_sync.expect(first).to_contain_text("succeeded")
     playwright_sync.expect(first).to_contain_text("step 10/10")
     playwright_sync.expect(second).to_contain_text("cancelled")
-    playwright_sync.expect(page.locator("#device-readings table")).to_contain_text("free storage")
+    playwright_sync.expect(page.locator("#device-readings")).to_contain_text("free storage")
     playwright_sync.expect(page.locator("#connection")).to_have_text("live")
     open_all_details(page)
     assert_fits_phone(page)
