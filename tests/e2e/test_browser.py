@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import playwright.sync_api as playwright_sync
 import pytest
 
 from tests.e2e.daemon_process import DaemonProcess
-
-playwright_sync = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra has it)")
 
 pytestmark = pytest.mark.slow
 
