@@ -42,6 +42,7 @@ from jobs.optimization import build_lr_scheduler, build_optimizer
 from jobs.reporting import JobReporter
 from jobs.resolved_config import ResolvedJobConfig, resolve_config, write_resolved_config
 from jobs.stop import StopSignal
+from jobs.throttle import ThrottleFile
 from jobs.training import LoopEnd, StepReport, train
 from jobs.training_state import TrainingProgress, restore_rng_state, seed_everything
 from mftd.db import new_session
@@ -50,13 +51,14 @@ from mftd.jobconfig import ADAPTER_METHODS, JobConfig
 from mftd.registry.lookup import Reference, resolve
 from mftd.protocol import CHECKPOINTS_DIRNAME, RESOLVED_CONFIG_FILENAME
 from mftd.settings import Settings
+from mftd.throttle import THROTTLE_FILENAME
 from mftd.tables import Dataset, Job, Model
 
 
 # Bookkeeping that may differ between runs without making a checkpoint unusable. (Another thread
 # count can change the last bits of sums, but resuming is still far better than starting over.)
 FIELDS_THAT_DO_NOT_CHANGE_TRAINING = frozenset(
-    {"num_threads", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "validation_dataset", "eval_every_steps"}
+    {"num_threads", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "validation_dataset", "eval_every_steps", "constraints"}
 )
 
 
@@ -118,8 +120,9 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
     config_json = resolved.model_dump(mode="json")
     progress = _resume_from_newest_checkpoint(checkpoints_dir, config_json, model, optimizer, scheduler, reporter)
     reporter.forget_metrics_after(progress.step)
-    reporter.progress(progress.step, resolved.total_steps, job.loss if progress.step else None)
+    reporter.progress(progress.step, resolved.total_steps, job.loss if progress.step else None, progress.tokens_seen)
     last_checkpoint_step = progress.step
+    throttle = ThrottleFile(job_dir / THROTTLE_FILENAME)
 
     def save_checkpoint(progress: TrainingProgress, rng_state: dict[str, Any]) -> None:
         nonlocal last_checkpoint_step
@@ -143,10 +146,12 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
                 kind="eval",
                 data={"step": report.step, "loss": result.loss, "perplexity": result.perplexity},
             )
-        reporter.progress(report.step, resolved.total_steps, report.loss)
+        reporter.progress(report.step, resolved.total_steps, report.loss, progress.tokens_seen)
         # The last step needs no checkpoint: the artifacts come right after it.
         if report.step % resolved.checkpoint_every_steps == 0 and not is_last:
             save_checkpoint(progress, rng_state)
+        if not is_last:
+            throttle.pause_after_step(report.seconds, stop.is_requested)
 
     batches = micro_batches(
         dataset.examples, resolved.batch_size, resolved.seed, tokenizer.pad_token_id, progress.epoch, progress.batch_in_epoch

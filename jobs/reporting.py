@@ -44,15 +44,14 @@ class JobReporter:
             )
             session.commit()
 
-    def progress(self, step: int, total_steps: int, loss: Optional[float]) -> None:
-        """Set the job's step, total steps and last loss, and refresh its heartbeat."""
+    def progress(self, step: int, total_steps: int, loss: Optional[float], tokens_seen: Optional[int] = None) -> None:
+        """Set the job's step, total steps, last loss and tokens trained on, and refresh its heartbeat."""
         now = utcnow()
+        values = dict(step=step, total_steps=total_steps, loss=loss, heartbeat_at=now, updated_at=now)
+        if tokens_seen is not None:
+            values["tokens_seen"] = tokens_seen  # the daemon's energy per 1,000 tokens counts these
         with new_session(self.engine) as session:
-            session.exec(
-                update(Job)
-                .where(Job.id == self.job_id)
-                .values(step=step, total_steps=total_steps, loss=loss, heartbeat_at=now, updated_at=now)
-            )
+            session.exec(update(Job).where(Job.id == self.job_id).values(**values))
             session.commit()
 
     def heartbeat(self) -> None:
