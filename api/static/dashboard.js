@@ -8,6 +8,7 @@ const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 const PACE_WINDOW = 20;
 const MAX_EVENTS_SHOWN = 500;
 const RECONNECT_MS = 2000;
+const MAX_DRAWN_POINTS = 600;
 const FORM_FIELDS = new Set(["model", "dataset", "method", "max_steps", "epochs", "learning_rate", "batch_size",
   "grad_accum_steps", "max_seq_len", "priority", "name"]);
 // Metric fields drawn by a named chart, or never drawn; any other numeric field gets a chart of its own.
@@ -841,6 +842,13 @@ function tickLabel(value, span) {
   return number(value, Math.min(Math.max(digits, 2), 8));
 }
 
+// A long run has more steps than the chart has pixels: draw every k-th point (and the last).
+function thin(points) {
+  if (points.length <= MAX_DRAWN_POINTS) return points;
+  const every = Math.ceil(points.length / MAX_DRAWN_POINTS);
+  return points.filter((_, index) => index % every === 0 || index === points.length - 1);
+}
+
 function chartSvg(series, id) {
   const all = series.flatMap((item) => item.points);
   const root = svg("svg", { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: "img", "aria-label": id,
@@ -864,7 +872,7 @@ function chartSvg(series, id) {
   }
   series.forEach((item, index) => {
     if (!item.points.length) return;
-    const path = item.points.map(([px, py], at) => `${at ? "L" : "M"}${x(px).toFixed(1)},${y(py).toFixed(1)}`).join(" ");
+    const path = thin(item.points).map(([px, py], at) => `${at ? "L" : "M"}${x(px).toFixed(1)},${y(py).toFixed(1)}`).join(" ");
     root.append(svg("path", { d: path, class: `line series-${index}${item.dots ? " dashed" : ""}`, "data-series": item.name }));
     if (item.dots || item.points.length === 1) {
       for (const [px, py] of item.points) root.append(svg("circle", { cx: x(px), cy: y(py), r: 2.5, class: `dot series-${index}` }));
