@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 TICK_SECONDS = 0.5
 SETTLE_SECONDS = 3.0
-JOB = {"method": "lora", "batch_size": 2, "grad_accum_steps": 2, "max_steps": 40, "learning_rate": 1e-2,
+JOB = {"method": "lora", "batch_size": 2, "grad_accum_steps": 2, "max_steps": 80, "learning_rate": 1e-2,
        "checkpoint_every_steps": 1000, "seed": 3}
 
 
