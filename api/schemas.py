@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictInt, StrictStr
 
+from mftd.energy import mwh_per_1k_tokens
 from mftd.jobconfig import JobConfig
 from mftd.registry import MAX_ID, NAME_PATTERN, Artifact
 from mftd.status import JobStatus
@@ -51,10 +52,36 @@ class ReadingPublic(BaseModel):
     unavailable_reason: Optional[str] = None
 
 
+class ConstraintCheckPublic(BaseModel):
+    constraint: str = Field(description="The JobConstraints field, e.g. min_battery_percent.")
+    holds: bool
+    detail: str = Field(description="The check in words, with the reading and the limit.")
+    if_unavailable: str = Field(description="What an unavailable reading means for this constraint.")
+
+
+class JobDevicePublic(BaseModel):
+    job_id: int
+    status: Optional[str]
+    allowed: bool = Field(description="Whether the job's own constraints (and hysteresis) let it train now.")
+    reasons: list[str] = Field(description="Why not (empty when allowed).")
+    constraints: list[ConstraintCheckPublic]
+    conditions_held_since: Optional[str] = Field(description="For a waiting job: since when the resume conditions have held (the settle period counts from here).")
+    duty_cycle: float = Field(description="Share of the time the job may train (below 1 above the soft temperature limit).")
+
+
+class ThrottlePublic(BaseModel):
+    duty_cycle: float
+    reason: str
+
+
 class DevicePublic(BaseModel):
-    can_train: bool
+    can_train: bool = Field(description="Whether the daemon-wide default constraints allow training now.")
     reasons: list[str] = Field(description="Why training may not run now (empty when it may).")
     readings: list[ReadingPublic]
+    constraints: list[ConstraintCheckPublic] = Field(default_factory=list, description="The default constraints, each checked.")
+    jobs: list[JobDevicePublic] = Field(default_factory=list, description="Every job that could train, with its own verdict.")
+    throttle: Optional[ThrottlePublic] = Field(None, description="The soft thermal limit's slowdown of the running job.")
+    measured_at: Optional[str] = None
 
 
 class ModelCreate(BaseModel):
@@ -149,6 +176,11 @@ class JobPublic(BaseModel):
     finished_at: Optional[IsoTime]
     heartbeat_at: Optional[IsoTime]
     not_before: Optional[IsoTime]
+    tokens_seen: int = Field(0, description="Tokens trained on so far.")
+    energy_mwh: float = Field(0.0, description="Battery energy drawn while training, where current and voltage can be read (on battery only).")
+    energy_seconds: float = Field(0.0, description="Training seconds over which energy_mwh was measured.")
+    energy_mwh_per_1k_tokens: Optional[float] = Field(None, description="energy_mwh per 1,000 tokens trained while it was measured.")
+    battery_percent_used: float = Field(0.0, description="Battery percentage points used while the job trained.")
 
     @classmethod
     def from_row(cls, job: Job) -> "JobPublic":
@@ -161,6 +193,7 @@ class JobPublic(BaseModel):
             **job.model_dump(exclude={"config_json", "worker_pid", "interrupted_at_step"}),
             progress=progress,
             config=JobConfig.model_validate_json(job.config_json),
+            energy_mwh_per_1k_tokens=mwh_per_1k_tokens(job.energy_mwh or 0.0, job.energy_tokens or 0),
         )
 
 

@@ -1,8 +1,9 @@
 """The daemon: recovery at start-up, the scheduler tick, and the HTTP API, in one small process.
 
 ``serve`` is the entry point. ``Daemon.tick`` is one look at the queue: settle a finished
-worker, read the device, ``decide``, apply. FastAPI and uvicorn are imported inside ``serve``
-so the CLI's client commands start fast.
+worker, read the device and judge every job's constraints, account the running job's energy,
+``decide``, apply, and pass the thermal throttle on. FastAPI and uvicorn are imported inside
+``serve`` so the CLI's client commands start fast.
 """
 
 from __future__ import annotations
@@ -16,22 +17,24 @@ import socket
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import psutil
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from mftd.db import make_engine, new_session
-from mftd.device import DeviceState, read_device_state
+from mftd.device import DeviceMonitor, DeviceState, publish_device_state
+from mftd.energy import EnergySample, energy_between
 from mftd.errors import ConflictError, RemoteHostRefusedError
 from mftd.model_import import fail_unfinished_imports
 from mftd.recovery import recover_orphaned_jobs
-from mftd.scheduler import Action, FailJob, JobView, KillJob, Limits, StartJob, StopJob, decide
+from mftd.scheduler import DEVICE_STOP_REQUEST, Action, FailJob, JobView, KillJob, Limits, StartJob, StopJob, decide
 from mftd.settings import Settings, is_loopback_host
 from mftd.status import FINAL_STATUSES, JobStatus, set_status
 from mftd.supervisor import Supervisor
-from mftd.tables import Job
+from mftd.tables import Event, Job
 from mftd.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -40,8 +43,7 @@ TICK_JOB_ID = "tick"
 DAEMON_INFO_FILENAME = "daemon.json"
 LOCK_FILENAME = "daemon.lock"
 GRACEFUL_HTTP_SHUTDOWN_SECONDS = 5
-
-DeviceReader = Callable[[Path], DeviceState]
+SETTLE_NAME = "settle"
 
 
 class Daemon:
@@ -51,7 +53,7 @@ class Daemon:
         settings: the daemon's settings.
         engine: the database engine.
         supervisor: default one built from ``settings``.
-        read_device: ``data_dir -> DeviceState``; tests script it.
+        monitor: reads the sensors and judges the jobs' constraints; tests give it scripted sensors.
     """
 
     def __init__(
@@ -59,13 +61,16 @@ class Daemon:
         settings: Settings,
         engine: Engine,
         supervisor: Optional[Supervisor] = None,
-        read_device: DeviceReader = read_device_state,
+        monitor: Optional[DeviceMonitor] = None,
     ):
         self.settings = settings
         self.engine = engine
         self.supervisor = supervisor or Supervisor(engine, settings)
-        self.read_device = read_device
+        self.monitor = monitor or DeviceMonitor(settings)
         self.limits = Limits.from_settings(settings)
+        self.device: Optional[DeviceState] = None
+        self._energy_sample: Optional[tuple[int, EnergySample]] = None
+        self._blocked: dict[int, tuple[str, ...]] = {}
         self._tick_lock = threading.Lock()
         self._poked_during_tick = False
         self._scheduler = None
@@ -92,14 +97,74 @@ class Daemon:
         with new_session(self.engine) as session:
             jobs = session.exec(select(Job).where(Job.status.not_in(list(FINAL_STATUSES)))).all()
             views = [JobView.of(job) for job in jobs]
-        device = self.read_device(self.settings.data_dir)
+        device = self.monitor.observe(views, now)
+        self.device = device
+        publish_device_state(self.settings.data_dir, device)
+        self._account_energy(views, device, now)
         actions = decide(views, device, now, self.supervisor.running_view(), self.limits)
         for action in actions:
             try:
                 self._apply(action, now)
             except Exception:
                 log.exception("could not apply %s", action)
+        self._record_blocked_jobs(views, device, actions, now)
+        running_job_id = self.supervisor.running_job_id
+        if running_job_id is not None:
+            self.supervisor.set_throttle(running_job_id, device.verdict_for(running_job_id).throttle, now)
         return actions
+
+    def _account_energy(self, views: list[JobView], device: DeviceState, now: datetime) -> None:
+        """Integrate the battery power and count the battery used since the last tick, for the job training now."""
+        job_id = self.supervisor.running_job_id
+        view = next((view for view in views if view.id == job_id and view.status == JobStatus.RUNNING), None)
+        if view is None:
+            self._energy_sample = None
+            return
+        sample = EnergySample(
+            at=now,
+            power_w=device.value("battery_power_w"),
+            charging=device.value("charging"),
+            battery_percent=device.value("battery_percent"),
+            tokens_seen=view.tokens_seen,
+        )
+        previous, self._energy_sample = self._energy_sample, (view.id, sample)
+        if previous is None or previous[0] != view.id:
+            return
+        delta = energy_between(previous[1], sample, max_gap_seconds=max(120.0, 10 * self.settings.tick_seconds))
+        if delta.is_empty:
+            return
+        with new_session(self.engine) as session:
+            session.exec(
+                update(Job)
+                .where(Job.id == view.id)
+                .values(
+                    energy_mwh=Job.energy_mwh + delta.energy_mwh,
+                    energy_seconds=Job.energy_seconds + delta.energy_seconds,
+                    energy_tokens=Job.energy_tokens + delta.energy_tokens,
+                    battery_percent_used=Job.battery_percent_used + delta.battery_percent_used,
+                )
+            )
+            session.commit()
+
+    def _record_blocked_jobs(self, views: list[JobView], device: DeviceState, actions: list[Action], now: datetime) -> None:
+        """An event when what holds a job back changes (not on every tick: the values move, the reasons rarely)."""
+        for action in actions:
+            if isinstance(action, StopJob) and action.request == DEVICE_STOP_REQUEST:
+                self._blocked[action.job_id] = _blocking_names(device, action.job_id)  # the stop event said it
+        started = {action.job_id for action in actions if isinstance(action, StartJob)}
+        with new_session(self.engine) as session:
+            for view in views:
+                if not view.status.is_resumable or view.id in started:
+                    continue
+                verdict = device.verdict_for(view.id)
+                names = () if verdict.allowed else _blocking_names(device, view.id)
+                if names and names != self._blocked.get(view.id):
+                    message = "waiting for the device: " + "; ".join(verdict.reasons)
+                    session.add(Event(job_id=view.id, kind="device", message=message, created_at=now))
+                self._blocked[view.id] = names
+            session.commit()
+        present = {view.id for view in views}
+        self._blocked = {job_id: names for job_id, names in self._blocked.items() if job_id in present}
 
     def _apply(self, action: Action, now: datetime) -> None:
         match action:
@@ -153,6 +218,12 @@ class Daemon:
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=True)
         self.supervisor.shutdown()
+
+
+def _blocking_names(device: DeviceState, job_id: int) -> tuple[str, ...]:
+    verdict = device.verdict_for(job_id)
+    names = tuple(check.constraint for check in verdict.checks if not check.holds)
+    return names or ((SETTLE_NAME,) if not verdict.allowed else ())
 
 
 def serve(settings: Settings) -> None:
