@@ -471,10 +471,28 @@ def cmd_device(args: argparse.Namespace) -> int:
     if rows:
         print()
         _print_table(rows, [("name", "READING"), ("value", "VALUE"), ("source", "SOURCE"), ("note", "NOTE")])
-    for key, value in device.items():
-        if key not in ("can_train", "reasons", "readings"):
-            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    _print_device_policy(device)
     return 0
+
+
+def _print_device_policy(device: dict) -> None:
+    """The default constraints, each job's verdict and the throttle, under the readings."""
+    checks = device.get("constraints") or []
+    if checks:
+        print("\ndefault constraints:")
+        for check in checks:
+            print(f"  {'ok  ' if check.get('holds') else 'FAIL'}  {check.get('constraint', ''):<20} {check.get('detail', '')}")
+    jobs = device.get("jobs") or []
+    if jobs:
+        print("\njobs:")
+        for job in jobs:
+            verdict = "may train" if job.get("allowed") else "held back: " + "; ".join(job.get("reasons") or [])
+            print(f"  job {job.get('job_id')} ({job.get('status')}): {verdict}")
+    throttle = device.get("throttle") or {}
+    if throttle.get("duty_cycle", 1) < 1:
+        print(f"\nthrottle: {throttle.get('reason')}")
+    if device.get("measured_at"):
+        print(f"\nmeasured at {device['measured_at']}")
 
 
 def _with_unit(value: Any, unit: str) -> str:

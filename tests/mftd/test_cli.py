@@ -376,7 +376,20 @@ def test_device(daemon):
     assert text.splitlines()[0] in ("can train: yes", "can train: no")
     assert "free_storage_mb" in text
     device = json.loads(daemon.cli("device", "--json").stdout)
-    assert {"can_train", "reasons", "readings"} <= set(device)
+    assert {"can_train", "reasons", "readings", "constraints", "jobs"} <= set(device)
+    assert "default constraints:" in text and "max_battery_temp_c" in text
+    for reading in device["readings"]:
+        assert reading["source"] and (reading["value"] is not None or reading["unavailable_reason"])
+
+
+@pytest.mark.skipif(psutil.sensors_battery() is not None, reason="this machine has a battery")
+def test_device_on_a_machine_without_a_battery(daemon):
+    lines = daemon.cli("device").stdout.splitlines()
+    [charging] = [line for line in lines if line.startswith("charging ")]
+    assert "yes" in charging and "mains power" in charging
+    [level] = [line for line in lines if line.startswith("battery_percent ")]
+    assert "unavailable" in level and "no battery under /sys/class/power_supply" in level
+    assert "termux-battery-status not found" in level
 
 
 def test_an_unknown_job_is_a_clear_error(daemon):
