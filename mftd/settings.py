@@ -75,6 +75,18 @@ class Settings(BaseSettings):
         parse_hours(value)
         return value
 
+    @field_validator("time_zone")
+    @classmethod
+    def _check_time_zone(cls, value: str) -> str:
+        if value:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as error:
+                raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/Berlin; pip install tzdata if none is found)") from error
+        return value
+
     @property
     def db_path(self) -> Path:
         return self.data_dir / "mftd.db"

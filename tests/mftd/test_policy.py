@@ -129,3 +129,11 @@ def test_throttle_pause_fills_the_duty_cycle():
     assert Throttle(0.5).pause_after(2.0) == pytest.approx(2.0)
     assert Throttle(0.25).pause_after(1.0) == pytest.approx(3.0)
     assert Throttle(1.0).pause_after(5.0) == 0.0
+
+
+def test_allowed_hours_are_in_the_configured_time_zone():
+    from mftd.device import local_clock
+
+    assert local_clock("Asia/Tokyo")(datetime(2026, 6, 1, 15, 0)) == datetime(2026, 6, 2, 0, 0)
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Base'"):
+        Settings(time_zone="Mars/Base")
