@@ -135,7 +135,6 @@ class FakeWorker:
         self.total_steps = total_steps
         self.load_minutes = load_minutes
         self.running_job_id: Optional[int] = None
-        self.duty = 1.0
         self.progress = 0.0
         self._started_at: Optional[datetime] = None
         self._stop: Optional[tuple[datetime, str]] = None
@@ -145,6 +144,11 @@ class FakeWorker:
     @property
     def is_training(self) -> bool:
         return self.running_job_id is not None and self._stop is None
+
+    @property
+    def duty_cycle(self) -> float:
+        """The throttle's share of time spent training (0 when not training)."""
+        return self._throttle.duty_cycle if self.is_training else 0.0
 
     @property
     def training_duty(self) -> float:
@@ -272,7 +276,7 @@ def _replay(name, constraints, settings, engine, total_steps, trace) -> Outcome:
         actions = daemon.tick(now=minute.at)
         preemptions += sum(1 for action in actions if isinstance(action, StopJob) and action.request == DEVICE_STOP_REQUEST)
         records.append(MinuteRecord(minute.at, minute.plugged, phone.battery_percent, phone.temperature_c, minute.active,
-                                    worker.is_training, worker._throttle.duty_cycle if worker.is_training else 0.0))
+                                    worker.is_training, worker.duty_cycle))
         with new_session(engine) as session:
             job = session.get(Job, job_id)
             if job.status == JobStatus.SUCCEEDED:
