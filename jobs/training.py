@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from jobs.batches import MicroBatch
+from jobs.chunked_loss import chunked_summed_token_loss, is_chunkable
 from jobs.data import IGNORE_INDEX
 from jobs.training_state import TrainingProgress, capture_rng_state
 
@@ -60,7 +61,18 @@ StepCallback = Callable[[StepReport, TrainingProgress, dict[str, Any]], None]
 
 
 def summed_token_loss(model: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
-    """Cross-entropy of next-token prediction, summed over the positions that carry loss."""
+    """Cross-entropy of next-token prediction, summed over the positions that carry loss.
+
+    Known model families go through ``chunked_summed_token_loss`` (no full logits tensor); others
+    through ``plain_summed_token_loss``.
+    """
+    if is_chunkable(model):
+        return chunked_summed_token_loss(model, batch.input_ids, batch.attention_mask, batch.labels)
+    return plain_summed_token_loss(model, batch)
+
+
+def plain_summed_token_loss(model: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
+    """The loss from the model's own logits for the whole micro-batch (any causal LM; the reference for the chunked loss)."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     return F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.size(-1)).float(),
