@@ -5,6 +5,8 @@ This is where the job's config is read; everything below takes plain arguments.
 
 from __future__ import annotations
 
+import dataclasses
+import resource
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,6 +40,7 @@ from jobs.model_setup import (
     load_trainable_state,
     trainable_state,
 )
+from jobs.memory_plan import MemoryEstimate, ModelShape, estimate_peak
 from jobs.optimization import build_lr_scheduler, build_optimizer
 from jobs.reporting import JobReporter
 from jobs.resolved_config import ResolvedJobConfig, resolve_config, write_resolved_config
@@ -112,6 +115,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
         f"model loaded ({total_parameters:,} params, {trainable_parameters:,} trainable)",
         data={"parameters": total_parameters, "trainable": trainable_parameters, "lora_target_modules": resolved.lora_target_modules},
     )
+    memory_estimate = _report_memory_estimate(reporter, model_config, resolved, max(len(example.input_ids) for example in dataset.examples))
     optimizer = build_optimizer(
         model.named_parameters(), resolved.learning_rate, resolved.weight_decay, (resolved.adam_beta1, resolved.adam_beta2), resolved.adam_epsilon
     )
@@ -160,6 +164,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
         model, optimizer, scheduler, batches, progress, resolved.total_steps, resolved.grad_accum_steps,
         resolved.max_grad_norm, stop.is_requested, on_step,
     )
+    _report_peak_memory(reporter, memory_estimate)
     if outcome.end == LoopEnd.STOPPED:
         if outcome.progress.step > last_checkpoint_step:
             save_checkpoint(outcome.progress, outcome.rng_state)
@@ -243,6 +248,25 @@ def _build_trainable_model(model_path: Path, config: ResolvedJobConfig) -> torch
         )
     model.requires_grad_(True)
     return model
+
+
+def _report_memory_estimate(reporter: JobReporter, model_config: Any, config: ResolvedJobConfig, longest: int) -> MemoryEstimate:
+    shape = ModelShape.from_config(model_config)
+    estimate = estimate_peak(
+        shape, config.method, config.base_dtype, config.lora_rank, config.batch_size, min(longest, config.max_seq_len), config.gradient_checkpointing
+    )
+    reporter.event(f"memory plan: {estimate.describe()}", kind="memory", data={"estimate_mb": estimate.total, **dataclasses.asdict(estimate)})
+    return estimate
+
+
+def _report_peak_memory(reporter: JobReporter, estimate: MemoryEstimate) -> None:
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    error = (estimate.total - peak_mb) / peak_mb
+    reporter.event(
+        f"peak RSS {peak_mb:,.0f} MB (estimate {estimate.total:,.0f} MB, error {error:+.0%})",
+        kind="memory",
+        data={"peak_rss_mb": peak_mb, "estimate_mb": estimate.total, "error": error},
+    )
 
 
 def _resume_from_newest_checkpoint(

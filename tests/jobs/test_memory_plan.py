@@ -1,0 +1,96 @@
+"""The memory planner: its parts add up, it keeps the effective batch, and its estimate is near a measured peak."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoConfig
+
+from jobs.memory_plan import ModelShape, estimate_peak, plan_memory
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOLLM2 = ModelShape(parameters=134_515_008, hidden_size=576, intermediate_size=1536, num_layers=30, num_attention_heads=9, vocab_size=49152)
+
+
+def test_parts_add_up_and_settings_shrink_the_estimate():
+    full = estimate_peak(SMOLLM2, "full", "float32", 8, 4, 256, False)
+    lora = estimate_peak(SMOLLM2, "lora", "float32", 8, 4, 256, False)
+    lora_bf16 = estimate_peak(SMOLLM2, "lora", "bfloat16", 8, 4, 256, False)
+    checkpointed = estimate_peak(SMOLLM2, "lora", "bfloat16", 8, 4, 256, True)
+    assert full.total == pytest.approx(full.weights + full.gradients + full.optimizer + full.activations + full.logits + full.runtime)
+    assert full.optimizer == pytest.approx(2 * full.gradients) and full.weights == pytest.approx(SMOLLM2.parameters * 4 / 2**20)
+    assert lora.gradients < 0.01 * full.gradients
+    assert full.total > lora.total > lora_bf16.total > checkpointed.total
+    assert "estimate" in checkpointed.describe() and "activations" in checkpointed.describe()
+
+
+def test_plan_keeps_the_effective_batch_and_prefers_speed():
+    roomy = plan_memory(SMOLLM2, "lora", "float32", 8, 4, 1, 256, False, budget_mb=100_000)
+    assert (roomy.micro_batch, roomy.grad_accum_steps, roomy.gradient_checkpointing, roomy.fits) == (4, 1, False, True)
+    tight_budget = estimate_peak(SMOLLM2, "lora", "float32", 8, 2, 256, False).total + 1
+    tight = plan_memory(SMOLLM2, "lora", "float32", 8, 4, 1, 256, False, budget_mb=tight_budget)
+    assert (tight.micro_batch, tight.grad_accum_steps, tight.gradient_checkpointing, tight.fits) == (2, 2, False, True)
+    tighter_budget = estimate_peak(SMOLLM2, "lora", "float32", 8, 4, 256, True).total + 1
+    tighter = plan_memory(SMOLLM2, "lora", "float32", 8, 4, 1, 256, False, budget_mb=tighter_budget)
+    assert tighter.fits and tighter.micro_batch * tighter.grad_accum_steps == 4 and tighter.gradient_checkpointing
+
+
+def test_nothing_fits_returns_the_smallest_plan():
+    plan = plan_memory(SMOLLM2, "full", "float32", 8, 4, 2, 256, False, budget_mb=100)
+    assert not plan.fits
+    assert (plan.micro_batch, plan.grad_accum_steps, plan.gradient_checkpointing) == (1, 8, True)
+
+
+def test_shape_from_configs(tiny_model):
+    for architecture in ("Qwen2ForCausalLM", "GPT2LMHeadModel", "Gemma3ForCausalLM"):
+        shape = ModelShape.from_config(AutoConfig.from_pretrained(tiny_model(architecture)))
+        assert shape.hidden_size == 32 and shape.num_layers == 2 and shape.parameters > shape.vocab_size * 32
+
+
+MEASURE = """
+import json, resource, sys, torch
+from itertools import islice
+from jobs.batches import micro_batches
+from jobs.data import TokenizedExample
+from jobs.model_setup import add_lora_adapter, load_model, load_tokenizer
+from jobs.optimization import build_lr_scheduler, build_optimizer
+from jobs.training import train
+from jobs.training_state import TrainingProgress
+torch.set_num_threads(1)
+load_tokenizer(sys.argv[1])
+model = add_lora_adapter(load_model(sys.argv[1]), 8, 16.0, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj"])
+optimizer = build_optimizer(model.named_parameters(), 1e-3, 0.0, (0.9, 0.999), 1e-8)
+examples = [TokenizedExample([10 + (i + j) % 100 for j in range(64)], [10 + (i + j) % 100 for j in range(64)]) for i in range(8)]
+train(model, optimizer, build_lr_scheduler(optimizer, "constant", 0, 2), micro_batches(examples, 4, 0, 0), TrainingProgress(), 2, 1, 1.0,
+      lambda: False, lambda *_: None)
+print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def test_estimate_is_near_the_measured_peak_of_a_tiny_run(tiny_model):
+    folder = tiny_model("Qwen2ForCausalLM")
+    output = subprocess.run([sys.executable, "-c", MEASURE, str(folder)], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    measured = json.loads(output.strip().splitlines()[-1])["peak_mb"]
+    estimate = estimate_peak(ModelShape.from_config(AutoConfig.from_pretrained(folder)), "lora", "float32", 8, 4, 64, False)
+    # A tiny model is mostly runtime; the band is loose on purpose.
+    assert 0.6 * measured < estimate.total < 1.4 * measured, (estimate.describe(), measured)
+
+
+def test_worker_logs_the_estimate_before_training_and_the_measured_peak_after(tmp_path, settings, engine, tiny_model):
+    from jobs.stop import StopSignal
+    from jobs.worker import run_worker
+    from mftd.protocol import EXIT_SUCCEEDED
+    from tests.jobs.helpers import chat_records, create_job, job_events, write_jsonl
+
+    job_id = create_job(engine, tiny_model(), write_jsonl(tmp_path / "chat.jsonl", chat_records(4)), max_steps=1, grad_accum_steps=1)
+    assert run_worker(job_id, settings, StopSignal()) == EXIT_SUCCEEDED
+    memory = [event for event in job_events(engine, job_id) if event.kind == "memory"]
+    assert [event.message.split(" ")[0] for event in memory] == ["memory", "peak"]
+    assert memory[0].message.startswith("memory plan: estimate ") and "activations" in memory[0].message
+    peak = json.loads(memory[1].data_json)
+    assert peak["peak_rss_mb"] > 50 and peak["estimate_mb"] == json.loads(memory[0].data_json)["estimate_mb"]
+    assert "error" in memory[1].message
