@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import warnings
 from pathlib import Path
 from typing import Any, Union
@@ -86,6 +87,14 @@ def load_model(model_path: Path, dtype: torch.dtype = torch.float32) -> PreTrain
         return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     except (OSError, ValueError) as error:
         raise ModelNotUsableError(f"cannot load the model in {model_path} ({error}); check that its weights are complete") from error
+
+
+def release_freed_memory() -> None:
+    """Hand memory that glibc's allocator keeps after frees (loading leaves plenty) back to the system; a no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
