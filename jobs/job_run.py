@@ -38,6 +38,7 @@ from jobs.model_setup import (
     load_model_config,
     load_tokenizer,
     load_trainable_state,
+    release_freed_memory,
     trainable_state,
 )
 from jobs.memory_plan import MemoryEstimate, ModelShape, estimate_peak
@@ -110,6 +111,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
 
     reporter.event("loading model", data={"path": str(model_path)})
     model = _build_trainable_model(model_path, resolved)
+    release_freed_memory()  # loading frees a lot that glibc would otherwise keep for the whole run
     total_parameters, trainable_parameters = count_parameters(model)
     reporter.event(
         f"model loaded ({total_parameters:,} params, {trainable_parameters:,} trainable)",
