@@ -117,7 +117,9 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
         f"model loaded ({total_parameters:,} params, {trainable_parameters:,} trainable)",
         data={"parameters": total_parameters, "trainable": trainable_parameters, "lora_target_modules": resolved.lora_target_modules},
     )
-    memory_estimate = _report_memory_estimate(reporter, model_config, resolved, max(len(example.input_ids) for example in dataset.examples))
+    memory_estimate = _report_memory_estimate(
+        reporter, model_config, total_parameters, resolved, max(len(example.input_ids) for example in dataset.examples)
+    )
     optimizer = build_optimizer(
         model.named_parameters(), resolved.learning_rate, resolved.weight_decay, (resolved.adam_beta1, resolved.adam_beta2), resolved.adam_epsilon
     )
@@ -252,8 +254,10 @@ def _build_trainable_model(model_path: Path, config: ResolvedJobConfig) -> torch
     return model
 
 
-def _report_memory_estimate(reporter: JobReporter, model_config: Any, config: ResolvedJobConfig, longest: int) -> MemoryEstimate:
-    shape = ModelShape.from_config(model_config)
+def _report_memory_estimate(
+    reporter: JobReporter, model_config: Any, parameters: int, config: ResolvedJobConfig, longest: int
+) -> MemoryEstimate:
+    shape = ModelShape.from_config(model_config, parameters)
     estimate = estimate_peak(
         shape, config.method, config.base_dtype, config.lora_rank, config.batch_size, min(longest, config.max_seq_len), config.gradient_checkpointing
     )
