@@ -92,3 +92,14 @@ def wait_for_status(client: httpx.Client, job_id: int, statuses: set[str], timeo
         time.sleep(0.3)
     events = client.get(f"/v1/jobs/{job_id}/events").json()
     raise AssertionError(f"job {job_id} is {job.get('status')}, wanted {statuses}; events: {events}")
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Call ``predicate`` until it returns something truthy, and return that; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

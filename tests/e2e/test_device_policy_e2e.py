@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.e2e.daemon_process import DaemonProcess, wait_for_status
+from tests.e2e.daemon_process import DaemonProcess, wait_for_status, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -42,15 +42,6 @@ def submit(client, model_dir: Path, dataset: Path) -> int:
     assert response.status_code == 201, response.text
     return response.json()["id"]
 
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def events(client, job_id: int) -> list[dict]:

@@ -8,28 +8,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.daemon_process import REPO_ROOT, free_port, wait_for_status
+from tests.e2e.daemon_process import REPO_ROOT, free_port, wait_for_status, wait_until
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("runsv") is None, reason="runit is not installed (.ci/run installs it: apt-get install runit)"),
 ]
 
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def daemon_pid(data_dir: Path):
