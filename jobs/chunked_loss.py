@@ -22,15 +22,13 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from jobs.data import IGNORE_INDEX
+from mftd.memory_plan import CHUNK_LOGIT_ELEMENTS  # logit elements per chunk (64 MB in float32)
 
 # Model families whose causal LM computes logits as ``lm_head(decoder(...).last_hidden_state)``,
 # optionally soft-capped by ``config.final_logit_softcapping``; others use the plain loss.
 CHUNKABLE_MODEL_TYPES = frozenset(
     {"gpt2", "qwen2", "qwen3", "llama", "mistral", "gemma", "gemma2", "gemma3_text"}
 )
-
-# Logit elements per chunk: 16 Mi floats, 64 MB in float32 (64 positions of Gemma 3's vocabulary).
-CHUNK_LOGIT_ELEMENTS = 16 * 1024 * 1024
 
 
 def causal_lm_of(model: torch.nn.Module) -> torch.nn.Module:

@@ -41,7 +41,7 @@ from jobs.model_setup import (
     release_freed_memory,
     trainable_state,
 )
-from jobs.memory_plan import MemoryEstimate, ModelShape, estimate_peak
+from mftd.memory_plan import MemoryEstimate, ModelShape, estimate_peak
 from jobs.optimization import build_lr_scheduler, build_optimizer
 from jobs.reporting import JobReporter
 from jobs.resolved_config import ResolvedJobConfig, resolve_config, write_resolved_config

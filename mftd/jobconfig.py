@@ -98,6 +98,16 @@ class JobConfig(BaseModel):
     eval_every_steps: Optional[int] = Field(
         None, ge=1, description="Evaluate on validation_dataset every this many optimizer steps (and always at the end)."
     )
+    memory_budget_mb: Optional[int] = Field(
+        None, ge=64, le=1_048_576,
+        description="Peak memory the run may use, in MB (default: the daemon's MFTD_MEMORY_BUDGET_MB, derived from the device's total memory). "
+        "The planner picks micro-batch, gradient checkpointing and parameter sharding to fit it, and refuses the job when nothing fits.",
+    )
+    parameter_sharding: Optional[bool] = Field(
+        None,
+        description="Full fine-tuning only: keep fp32 master weights and AdamW state in memory-mapped files, one layer in memory at a time, "
+        "with the optimizer step fused into the backward pass. null lets the planner decide (on when the budget needs it).",
+    )
     num_threads: Optional[int] = Field(None, ge=1, le=256, description="CPU threads for training (default: all cores).")
     constraints: JobConstraints = Field(
         default_factory=JobConstraints, description="When the device may train this job; fields left null use the daemon's defaults."
@@ -109,4 +119,6 @@ class JobConfig(BaseModel):
             raise ValueError("lora_target_modules is an empty list; give module names, 'all-linear', or leave it out for the default")
         if self.base_dtype != "float32" and self.method not in ADAPTER_METHODS:
             raise ValueError("base_dtype bfloat16 needs method lora or dora (full fine-tuning trains in float32)")
+        if self.parameter_sharding and self.method in ADAPTER_METHODS:
+            raise ValueError("parameter_sharding needs method full (an adapter run has no full-model optimizer state to shard)")
         return self

@@ -30,6 +30,18 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+# Share of total memory a job may use by default: a phone needs the rest for the system and the app in front.
+DEFAULT_MEMORY_SHARE = 0.4
+
+
+def total_memory_mb() -> Optional[float]:
+    """Physical memory in MB (sysconf, which Android's bionic answers too); None where it cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 class Settings(BaseSettings):
     """Daemon-wide settings. Every field can be set as ``MFTD_<FIELD>`` in the environment."""
 
@@ -67,6 +79,11 @@ class Settings(BaseSettings):
     min_duty_cycle: float = Field(0.25, gt=0, le=1, description="Share of time spent training at the hard temperature limit when throttled (1 disables throttling).")
     sensors_file: Optional[Path] = Field(None, description="A JSON file of scripted readings that override the real sensors (tests, demos); see mftd.sensors.scripted.")
     time_zone: str = Field("", description="IANA time zone for allowed_hours (default: the system's local time).")
+    memory_budget_mb: Optional[int] = Field(
+        None, ge=64,
+        description="Default peak memory of a training run in MB, for jobs that set no memory_budget_mb "
+        f"(default: {int(DEFAULT_MEMORY_SHARE * 100)}% of the device's total memory, leaving the rest to Android and the apps in use).",
+    )
     wake_lock: bool = Field(True, description="Hold termux-wake-lock while a worker trains (where the command exists).")
 
     @field_validator("allowed_hours")
@@ -86,6 +103,14 @@ class Settings(BaseSettings):
             except (ZoneInfoNotFoundError, ValueError) as error:
                 raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/Berlin; pip install tzdata if none is found)") from error
         return value
+
+    @property
+    def default_memory_budget_mb(self) -> int:
+        """``memory_budget_mb`` if set, else DEFAULT_MEMORY_SHARE of total memory (4 GB when that cannot be read)."""
+        if self.memory_budget_mb is not None:
+            return self.memory_budget_mb
+        total = total_memory_mb()
+        return int(total * DEFAULT_MEMORY_SHARE) if total else 4096
 
     @property
     def db_path(self) -> Path:

@@ -73,6 +73,12 @@ class Job(SQLModel, table=True):
     energy_seconds: float = Field(default=0.0, description="Seconds of training over which energy was measured (on battery, with power readings).")
     energy_tokens: int = Field(default=0, description="Tokens trained during energy_seconds.")
     battery_percent_used: float = Field(default=0.0, description="Battery percentage points the level dropped while the job trained.")
+    memory_plan_json: Optional[str] = Field(
+        default=None, description="The memory plan as JSON: chosen micro-batch, accumulation, checkpointing, sharding, estimate by part, budget, measured peak."
+    )
+    micro_batch_cap: Optional[int] = Field(
+        default=None, description="Largest micro-batch the planner may choose; lowered by the daemon after the worker was killed for memory."
+    )
     created_at: datetime = Field(default_factory=utcnow, index=True, sa_type=DateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime)
     started_at: Optional[datetime] = Field(default=None, sa_type=DateTime)

@@ -7,7 +7,7 @@ import json
 import pytest
 from transformers import AutoConfig
 
-from jobs.memory_plan import ModelShape, estimate_peak, plan_memory
+from mftd.memory_plan import ModelShape, estimate_peak, plan_memory
 
 SMOLLM2 = ModelShape(parameters=134_515_008, hidden_size=576, intermediate_size=1536, num_layers=30, num_attention_heads=9, vocab_size=49152)
 

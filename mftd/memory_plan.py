@@ -19,9 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from jobs.chunked_loss import CHUNK_LOGIT_ELEMENTS
+
 
 MB = 1024 * 1024
+# Float logits the chunked cross-entropy computes at once (jobs/chunked_loss.py): 64 MB in float32.
+CHUNK_LOGIT_ELEMENTS = 16 * 1024 * 1024
 RUNTIME_MB = 420.0
 # Floats kept per token and layer without checkpointing: about this many hidden-sized and
 # intermediate-sized tensors, plus one attention row per head.
