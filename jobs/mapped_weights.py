@@ -79,7 +79,7 @@ def _weight_entries(folder: Path, dtype: torch.dtype) -> list[TensorEntry]:
         raise ModelNotUsableError(str(error)) from error
     if all(entry.dtype == dtype or not entry.dtype.is_floating_point for entry in entries):
         return entries
-    converted = folder / converted_weights_filename(SAFETENSORS_DTYPE_NAMES[SAFETENSORS_NAMES[dtype]])
+    converted = folder / converted_weights_filename(str(dtype).removeprefix("torch."))
     sources = _source_stamps(files)
     if not _is_current_conversion(converted, sources):
         write_converted_copy(entries, dtype, converted, sources)
