@@ -30,6 +30,7 @@ from jobs.checkpoint import (
 from jobs.data import FALLBACK_CHAT_TEMPLATE, TokenizedDataset, tokenize_dataset
 from jobs.errors import CorruptCheckpointError, DatasetNotUsableError, JobConfigError, JobNotFoundError
 from jobs.evaluation import evaluate
+from jobs.mapped_weights import load_mapped_model
 from jobs.model_setup import (
     add_lora_adapter,
     count_parameters,
@@ -243,7 +244,10 @@ def _report_dataset(reporter: JobReporter, dataset: TokenizedDataset, max_seq_le
 
 def _build_trainable_model(model_path: Path, config: ResolvedJobConfig) -> torch.nn.Module:
     is_adapter = config.method in ADAPTER_METHODS
-    model = load_model(model_path, torch.bfloat16 if is_adapter and config.base_dtype == "bfloat16" else torch.float32)
+    if is_adapter:  # the base stays frozen, so it can stay in its file (mapped) instead of being copied
+        model = load_mapped_model(model_path, torch.bfloat16 if config.base_dtype == "bfloat16" else torch.float32)
+    else:
+        model = load_model(model_path, torch.float32)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     # Seeded after loading and before the adapter's init, so that its initial weights depend on the seed alone.

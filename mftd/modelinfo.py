@@ -169,7 +169,17 @@ def _architecture(folder: Path, config: dict[str, Any]) -> str:
     return architecture
 
 
-def _safetensors_files(folder: Path) -> list[Path]:
+def converted_weights_filename(dtype_name: str) -> str:
+    """The name of the copy of a folder's weights converted to ``dtype_name`` (written by the worker; never a source)."""
+    return f"model.{dtype_name}.safetensors"
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    """The weight files of a model folder: the shards its index names, ``model.safetensors``, or any ``*.safetensors``.
+
+    Raises:
+        ModelValidationError: no weights, or an index naming shards that are missing.
+    """
     index_file = folder / SAFETENSORS_INDEX_FILENAME
     if index_file.is_file():
         index = _read_json(index_file)
@@ -186,7 +196,8 @@ def _safetensors_files(folder: Path) -> list[Path]:
     single = folder / SAFETENSORS_FILENAME
     if single.is_file():
         return [single]
-    others = sorted(folder.glob("*.safetensors"))
+    converted = {converted_weights_filename(name) for name in SAFETENSORS_DTYPE_NAMES.values()}
+    others = sorted(file for file in folder.glob("*.safetensors") if file.name not in converted)
     if others:
         return others
     hint = ""
@@ -227,7 +238,7 @@ def read_safetensors_header(file: Path) -> dict[str, Any]:
 
 def _safetensors_tensors(folder: Path) -> list[tuple[str, tuple[int, ...]]]:
     tensors: list[tuple[str, tuple[int, ...]]] = []
-    for file in _safetensors_files(folder):
+    for file in safetensors_files(folder):
         for name, entry in read_safetensors_header(file).items():
             if name == "__metadata__":
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import torch
 from peft import PeftModel
@@ -57,10 +58,12 @@ def test_dora_trains_an_adapter_peft_loads_as_dora(tmp_path, settings, engine, t
 
 
 def test_lora_on_a_bfloat16_base_keeps_the_adapter_in_float32(tmp_path, settings, engine, tiny_model):
-    model_path = tiny_model("LlamaForCausalLM")
+    # A copy: the worker writes the base's bfloat16 copy into the model folder, and the shared tiny model stays as built.
+    model_path = shutil.copytree(tiny_model("LlamaForCausalLM"), tmp_path / "model")
     dataset = write_jsonl(tmp_path / "chat.jsonl", chat_records(8))
     job_id = create_job(engine, model_path, dataset, method="lora", base_dtype="bfloat16", **CONFIG)
     assert run_worker(job_id, settings, StopSignal()) == EXIT_SUCCEEDED
+    assert (model_path / "model.bfloat16.safetensors").is_file()  # the base was mapped from the converted copy
 
     weights = final_weights(settings, job_id)
     assert weights and all(tensor.dtype == torch.float32 for tensor in weights.values())
