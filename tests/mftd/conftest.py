@@ -230,6 +230,23 @@ def fake_worker_command(fake_jobs_root: Path, mode: Optional[str] = None) -> Cal
     return command
 
 
+def plan_json(micro_batch: int = 8, effective_batch: int = 8, gradient_checkpointing: bool = False, **extra) -> str:
+    """A plan as the worker writes it before training."""
+    plan = {
+        "micro_batch": micro_batch,
+        "grad_accum_steps": effective_batch // micro_batch,
+        "effective_batch": effective_batch,
+        "gradient_checkpointing": gradient_checkpointing,
+        "parameter_sharding": False,
+        "budget_mb": 9642.0,
+        "estimate_mb": 1234.4,
+        "estimate": {"weights": 17.0, "gradients": 0.5, "optimizer": 1.0, "activations": 770.0, "logits": 25.9, "runtime": 420.0},
+        "fits": True,
+        **extra,
+    }
+    return json.dumps(plan)
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
