@@ -10,7 +10,7 @@ the daemon starts it, from the job's name:
     hang                              no heartbeats; exit 75 on SIGTERM
     ignore-term                       ignore SIGTERM and sleep
     exit:CODE                         exit with CODE (an error event first for 1 and 78)
-    kill-self[:STEPS]                 advance STEPS steps, then SIGKILL itself (an OOM kill)
+    kill-self[:STEPS[:SECONDS]]       advance STEPS steps, wait SECONDS, then SIGKILL itself (an OOM kill)
 """
 
 from __future__ import annotations
@@ -110,7 +110,9 @@ if kind == "exit":
         error_event(f"fake failure with code {code}")
     sys.exit(code)
 elif kind == "kill-self":
-    update(step=step + int(rest or 0), heartbeat_at=now())
+    parts = rest.split(":") if rest else []
+    update(step=step + int(parts[0] if parts else 0), heartbeat_at=now())
+    time.sleep(float(parts[1]) if len(parts) > 1 else 0)
     os.kill(os.getpid(), signal.SIGKILL)
 elif kind == "train":
     parts = rest.split(":") if rest else []
