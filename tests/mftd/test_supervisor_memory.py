@@ -129,6 +129,29 @@ def test_without_a_counter_the_worker_share_of_memory_decides(supervise, make_jo
         assert job.micro_batch_cap is None and job.interruptions == 1
 
 
+def test_workers_run_with_malloc_arena_max_2(supervise, make_job, settings, monkeypatch):
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    job_id = make_job()
+    supervisor = supervise("sleep")
+    supervisor.start(job_id)
+    pid = wait_until_ready(settings, job_id)
+    assert "MALLOC_ARENA_MAX=2" in _environ(pid)
+
+
+def test_a_malloc_arena_max_the_user_set_is_kept(supervise, make_job, settings, monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    job_id = make_job()
+    supervisor = supervise("sleep")
+    supervisor.start(job_id)
+    pid = wait_until_ready(settings, job_id)
+    assert "MALLOC_ARENA_MAX=4" in _environ(pid)
+
+
+def _environ(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/environ", "rb") as file:
+        return [entry.decode() for entry in file.read().split(b"\0")]
+
+
 def test_the_tick_retries_a_memory_kill_at_once_down_to_micro_batch_1_then_fails(engine, settings, fake_jobs_root, make_job):
     """settings.max_interruptions is 3: four deaths that counted would fail the job as out of retries instead."""
     supervisor = Supervisor(engine, settings, command_factory=fake_worker_command(fake_jobs_root), oom_kill_counter=growing_counter())
