@@ -181,6 +181,12 @@ class JobPublic(BaseModel):
     energy_seconds: float = Field(0.0, description="Training seconds over which energy_mwh was measured.")
     energy_mwh_per_1k_tokens: Optional[float] = Field(None, description="energy_mwh per 1,000 tokens trained while it was measured.")
     battery_percent_used: float = Field(0.0, description="Battery percentage points used while the job trained.")
+    memory_plan: Optional[dict[str, Any]] = Field(
+        None,
+        description="How the run fits its memory budget: micro_batch x grad_accum_steps, gradient_checkpointing, base_dtype, parameter_sharding, "
+        "estimate_mb with its parts, budget_mb; planned at submit for max_seq_len, again by the worker for the real data, with peak_mb after the run.",
+    )
+    micro_batch_cap: Optional[int] = Field(None, description="Largest micro-batch allowed after the worker was killed for memory.")
 
     @classmethod
     def from_row(cls, job: Job) -> "JobPublic":
@@ -190,9 +196,10 @@ class JobPublic(BaseModel):
         if JobStatus(job.status) == JobStatus.SUCCEEDED:
             progress = 1.0
         return cls(
-            **job.model_dump(exclude={"config_json", "worker_pid", "interrupted_at_step"}),
+            **job.model_dump(exclude={"config_json", "memory_plan_json", "worker_pid", "interrupted_at_step"}),
             progress=progress,
             config=JobConfig.model_validate_json(job.config_json),
+            memory_plan=json.loads(job.memory_plan_json) if job.memory_plan_json else None,
             energy_mwh_per_1k_tokens=mwh_per_1k_tokens(job.energy_mwh or 0.0, job.energy_tokens or 0),
         )
 

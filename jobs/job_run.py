@@ -41,7 +41,7 @@ from jobs.model_setup import (
     release_freed_memory,
     trainable_state,
 )
-from mftd.memory_plan import MemoryEstimate, ModelShape, estimate_peak
+from mftd.memory_plan import MemoryPlan, ModelShape, does_not_fit_message, plan_memory, plan_request
 from jobs.optimization import build_lr_scheduler, build_optimizer
 from jobs.reporting import JobReporter
 from jobs.resolved_config import ResolvedJobConfig, resolve_config, write_resolved_config
@@ -64,6 +64,9 @@ from mftd.tables import Dataset, Job, Model
 FIELDS_THAT_DO_NOT_CHANGE_TRAINING = frozenset(
     {"num_threads", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "validation_dataset", "eval_every_steps", "constraints"}
 )
+# The memory plan's split of the effective batch (which is compared) and how activations are kept:
+# a run re-planned after a kill for memory resumes with another micro-batch (see _continue_position).
+FIELDS_THE_PLAN_MAY_CHANGE = frozenset({"batch_size", "grad_accum_steps", "gradient_checkpointing", "memory_budget_mb"})
 
 
 def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReporter, stop: StopSignal) -> LoopEnd:
@@ -98,6 +101,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
             f"validation dataset: {len(validation.examples)} examples, {validation.num_tokens} tokens",
             data={"examples": len(validation.examples), "tokens": validation.num_tokens},
         )
+    plan = _plan_memory(reporter, config, job, model_row, model_config, dataset, settings)
     resolved = resolve_config(
         config,
         architecture=(model_config.architectures or [type(model_config).__name__])[0],
@@ -105,6 +109,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
         dataset_format=dataset.dataset_format,
         num_examples=len(dataset.examples),
         default_num_threads=torch.get_num_threads(),
+        plan=plan,
     )
     write_resolved_config(resolved, job_dir / RESOLVED_CONFIG_FILENAME)
     torch.set_num_threads(resolved.num_threads)
@@ -116,9 +121,6 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
     reporter.event(
         f"model loaded ({total_parameters:,} params, {trainable_parameters:,} trainable)",
         data={"parameters": total_parameters, "trainable": trainable_parameters, "lora_target_modules": resolved.lora_target_modules},
-    )
-    memory_estimate = _report_memory_estimate(
-        reporter, model_config, total_parameters, resolved, max(len(example.input_ids) for example in dataset.examples)
     )
     optimizer = build_optimizer(
         model.named_parameters(), resolved.learning_rate, resolved.weight_decay, (resolved.adam_beta1, resolved.adam_beta2), resolved.adam_epsilon
@@ -168,7 +170,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
         model, optimizer, scheduler, batches, progress, resolved.total_steps, resolved.grad_accum_steps,
         resolved.max_grad_norm, stop.is_requested, on_step,
     )
-    _report_peak_memory(reporter, memory_estimate)
+    _report_peak_memory(reporter, plan)
     if outcome.end == LoopEnd.STOPPED:
         if outcome.progress.step > last_checkpoint_step:
             save_checkpoint(outcome.progress, outcome.rng_state)
@@ -254,24 +256,39 @@ def _build_trainable_model(model_path: Path, config: ResolvedJobConfig) -> torch
     return model
 
 
-def _report_memory_estimate(
-    reporter: JobReporter, model_config: Any, parameters: int, config: ResolvedJobConfig, longest: int
-) -> MemoryEstimate:
-    shape = ModelShape.from_config(model_config, parameters)
-    estimate = estimate_peak(
-        shape, config.method, config.base_dtype, config.lora_rank, config.batch_size, min(longest, config.max_seq_len), config.gradient_checkpointing
-    )
-    reporter.event(f"memory plan: {estimate.describe()}", kind="memory", data={"estimate_mb": estimate.total, **dataclasses.asdict(estimate)})
-    return estimate
+def _plan_memory(
+    reporter: JobReporter, config: JobConfig, job: Job, model_row: Model, model_config: Any, dataset: TokenizedDataset, settings: Settings
+) -> MemoryPlan:
+    """Pick micro-batch, checkpointing, base dtype and sharding to fit the job's budget; show the plan on the job.
+
+    The plan is made for the longest example actually in the data (not max_seq_len), and never
+    above the micro-batch cap the daemon set after a kill for memory.
+
+    Raises:
+        JobConfigError: nothing fits the budget (the message has the estimate and what would fit).
+    """
+    shape = ModelShape.from_config(model_config, model_row.num_parameters or None)  # 0: not counted at registration
+    longest = max(len(example.input_ids) for example in dataset.examples)
+    budget = config.memory_budget_mb or settings.default_memory_budget_mb
+    request = plan_request(config, budget, min(longest, config.max_seq_len), job.micro_batch_cap)
+    plan = plan_memory(shape, request)
+    reporter.memory_plan(plan.to_json())
+    if not plan.fits:
+        raise JobConfigError(does_not_fit_message(shape, request, plan))
+    reporter.event(f"memory plan: {plan.describe()}", kind="memory", data=plan.to_json())
+    return plan
 
 
-def _report_peak_memory(reporter: JobReporter, estimate: MemoryEstimate) -> None:
+def _report_peak_memory(reporter: JobReporter, plan: MemoryPlan) -> None:
+    """Log the measured peak next to the estimate, so that the planner's error stays visible."""
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    error = (estimate.total - peak_mb) / peak_mb
+    estimate = plan.estimate.total
+    error = (estimate - peak_mb) / peak_mb
+    reporter.memory_plan({**plan.to_json(), "peak_mb": round(peak_mb, 1), "error": round(error, 4)})
     reporter.event(
-        f"peak RSS {peak_mb:,.0f} MB (estimate {estimate.total:,.0f} MB, error {error:+.0%})",
+        f"peak RSS {peak_mb:,.0f} MB (estimate {estimate:,.0f} MB, error {error:+.0%})",
         kind="memory",
-        data={"peak_rss_mb": peak_mb, "estimate_mb": estimate.total, "error": error},
+        data={"peak_rss_mb": peak_mb, "estimate_mb": estimate, "error": error},
     )
 
 
@@ -297,17 +314,36 @@ def _resume_from_newest_checkpoint(
             unusable.append(folder)
             continue
         contents = read_checkpoint(folder)
+        position = _continue_position(contents.progress, contents.config["batch_size"], config_json["batch_size"])
+        if position is None:
+            reporter.event(
+                f"skipped checkpoint {folder.name}: its data position is not on a boundary of the new micro-batch {config_json['batch_size']}; deleting it",
+                level="warning", kind="checkpoint",
+            )
+            unusable.append(folder)
+            continue
         load_trainable_state(model, contents.trainable_weights)
         optimizer.load_state_dict(contents.optimizer_state)
         scheduler.load_state_dict(contents.lr_scheduler_state)
         restore_rng_state(contents.rng_state)
-        reporter.event(f"resumed from step {contents.progress.step}", kind="checkpoint", data=contents.progress.state_dict())
-        progress = contents.progress
+        reporter.event(f"resumed from step {position.step}", kind="checkpoint", data=position.state_dict())
+        progress = position
         break
     if unusable:
         remove_checkpoints(unusable)
         reporter.checkpoints_removed(unusable)
     return progress
+
+
+def _continue_position(progress: TrainingProgress, saved_batch_size: int, batch_size: int) -> Optional[TrainingProgress]:
+    """``progress`` counted in micro-batches of ``batch_size`` instead of ``saved_batch_size``; None when it falls inside one.
+
+    Epoch order does not depend on the micro-batch, so the same examples come next.
+    """
+    examples = progress.batch_in_epoch * saved_batch_size
+    if examples % batch_size:
+        return None
+    return dataclasses.replace(progress, batch_in_epoch=examples // batch_size)
 
 
 def _why_not_resumable(folder: Path, config_json: dict[str, Any]) -> Optional[str]:
@@ -318,7 +354,7 @@ def _why_not_resumable(folder: Path, config_json: dict[str, Any]) -> Optional[st
     saved_config = read_checkpoint_config(folder)
     changed = sorted(
         key
-        for key in (config_json.keys() | saved_config.keys()) - FIELDS_THAT_DO_NOT_CHANGE_TRAINING
+        for key in (config_json.keys() | saved_config.keys()) - FIELDS_THAT_DO_NOT_CHANGE_TRAINING - FIELDS_THE_PLAN_MAY_CHANGE
         if config_json.get(key) != saved_config.get(key)
     )
     if changed:

@@ -54,6 +54,12 @@ class JobReporter:
             session.exec(update(Job).where(Job.id == self.job_id).values(**values))
             session.commit()
 
+    def memory_plan(self, plan: dict[str, Any]) -> None:
+        """Show the job's memory plan (and, after the run, its measured peak) on its row."""
+        with new_session(self.engine) as session:
+            session.exec(update(Job).where(Job.id == self.job_id).values(memory_plan_json=json.dumps(plan), updated_at=utcnow()))
+            session.commit()
+
     def heartbeat(self) -> None:
         with new_session(self.engine) as session:
             session.exec(update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow()))

@@ -16,6 +16,7 @@ from pydantic import Field
 from jobs.batches import batches_per_epoch
 from jobs.model_setup import default_lora_targets
 from mftd.jobconfig import ADAPTER_METHODS, JobConfig
+from mftd.memory_plan import MemoryPlan
 
 
 class ResolvedJobConfig(JobConfig):
@@ -29,8 +30,12 @@ class ResolvedJobConfig(JobConfig):
     architecture: str = Field(description="The model class, e.g. Qwen2ForCausalLM.")
     model_type: str = Field(description="The model family, e.g. qwen2; picks the default LoRA targets.")
     num_examples: int = Field(ge=1, description="Examples left to train on after tokenization.")
-    batches_per_epoch: int = Field(ge=1, description="Micro-batches in one pass over the examples.")
+    batches_per_epoch: int = Field(ge=1, description="Batches of the submitted batch_size in one pass over the examples.")
     total_steps: int = Field(ge=1, description="Optimizer steps in the whole run (max_steps, or epochs of micro-batches).")
+    base_dtype: Literal["float32", "bfloat16"] = Field(description="dtype of the frozen base, as planned.")
+    parameter_sharding: bool = Field(description="Whether master weights and optimizer state live in memory-mapped files, as planned.")
+    memory_budget_mb: int = Field(ge=1, description="The peak memory the run was planned for.")
+    effective_batch: int = Field(ge=1, description="Examples per optimizer step; batch_size and grad_accum_steps are the planned split of it.")
 
 
 def total_optimizer_steps(epochs: float, max_steps: Optional[int], micro_batches_per_epoch: int, grad_accum_steps: int) -> int:
@@ -47,6 +52,7 @@ def resolve_config(
     dataset_format: str,
     num_examples: int,
     default_num_threads: int,
+    plan: MemoryPlan,
 ) -> ResolvedJobConfig:
     """Fill in the defaults that depend on the model, the data and the machine.
 
@@ -57,16 +63,28 @@ def resolve_config(
         dataset_format: the format the dataset turned out to be in.
         num_examples: examples left after tokenization.
         default_num_threads: threads to use when the job sets none.
+        plan: the memory plan: micro-batch, accumulation, checkpointing, base dtype and sharding come from it.
 
     Returns:
         The resolved config.
     """
+    # Steps count batches of the job's own batch_size, so that a smaller planned micro-batch keeps them.
     per_epoch = batches_per_epoch(num_examples, config.batch_size)
     target_modules = None
     if config.method in ADAPTER_METHODS:
         target_modules = config.lora_target_modules or default_lora_targets(model_type)
     return ResolvedJobConfig(
-        **config.model_dump(exclude={"lora_target_modules", "dataset_format", "num_threads"}),
+        **config.model_dump(
+            exclude={"lora_target_modules", "dataset_format", "num_threads", "batch_size", "grad_accum_steps", "gradient_checkpointing",
+                     "base_dtype", "parameter_sharding", "memory_budget_mb"}
+        ),
+        batch_size=plan.micro_batch,
+        grad_accum_steps=plan.grad_accum_steps,
+        gradient_checkpointing=plan.gradient_checkpointing,
+        base_dtype=plan.base_dtype,
+        parameter_sharding=plan.parameter_sharding,
+        memory_budget_mb=int(plan.budget_mb),
+        effective_batch=config.batch_size * config.grad_accum_steps,
         lora_target_modules=target_modules,
         dataset_format=dataset_format,
         num_threads=config.num_threads or default_num_threads,

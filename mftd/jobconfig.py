@@ -64,8 +64,10 @@ class JobConfig(BaseModel):
     method: Method = Field(
         "lora", description="lora trains a low-rank adapter; dora a weight-decomposed one (DoRA); full trains every weight."
     )
-    base_dtype: BaseDtype = Field(
-        "float32", description="dtype of the frozen base weights of a lora or dora run; bfloat16 halves their memory."
+    base_dtype: Optional[BaseDtype] = Field(
+        None,
+        description="dtype of the frozen base weights of a lora or dora run; bfloat16 halves their memory. "
+        "null: float32 when the memory budget allows, else bfloat16.",
     )
     lora_rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha (the update is scaled by alpha/r).")
@@ -81,13 +83,13 @@ class JobConfig(BaseModel):
     adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
     adam_epsilon: float = Field(1e-8, gt=0, le=1e-2, description="AdamW epsilon.")
     max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Clip the gradient norm to this; null disables clipping.")
-    batch_size: int = Field(1, ge=1, le=4096, description="Examples per micro-batch.")
+    batch_size: int = Field(1, ge=1, le=4096, description="Examples per micro-batch; the planner may take fewer per micro-batch with more accumulation to fit memory_budget_mb (the effective batch stays).")
     grad_accum_steps: int = Field(4, ge=1, le=4096, description="Micro-batches accumulated per optimizer step (effective batch = batch_size x grad_accum_steps).")
     epochs: float = Field(1.0, gt=0, le=1000, description="Passes over the dataset (ignored when max_steps is set).")
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps.")
     max_seq_len: int = Field(512, ge=8, le=1_048_576, description="Examples longer than this many tokens are truncated.")
     seed: int = Field(0, ge=0, description="Seed for weights init of the adapter, dropout and data order.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory; when false the planner still turns it on if the budget needs it.")
     dataset_format: DatasetFormat = Field("auto", description="Dataset format; auto detects it from the keys.")
     checkpoint_every_steps: int = Field(25, ge=1, description="Write a checkpoint every this many optimizer steps (and on every stop).")
     keep_checkpoints: int = Field(2, ge=1, le=100, description="How many of the newest checkpoints to keep.")
@@ -117,7 +119,7 @@ class JobConfig(BaseModel):
     def _check_lora_fields(self) -> "JobConfig":
         if isinstance(self.lora_target_modules, list) and not self.lora_target_modules:
             raise ValueError("lora_target_modules is an empty list; give module names, 'all-linear', or leave it out for the default")
-        if self.base_dtype != "float32" and self.method not in ADAPTER_METHODS:
+        if self.base_dtype == "bfloat16" and self.method not in ADAPTER_METHODS:
             raise ValueError("base_dtype bfloat16 needs method lora or dora (full fine-tuning trains in float32)")
         if self.parameter_sharding and self.method in ADAPTER_METHODS:
             raise ValueError("parameter_sharding needs method full (an adapter run has no full-model optimizer state to shard)")

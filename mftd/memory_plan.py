@@ -16,7 +16,8 @@ every run, so their error stays visible.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from types import SimpleNamespace
 from typing import Any, Optional
 
 
@@ -32,6 +33,10 @@ INTERMEDIATE_TENSORS_PER_LAYER = 4
 # Copies of a chunk of float logits alive at once (logits, log-probabilities, their gradient, casts).
 LOGIT_CHUNK_COPIES = 3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+# Parameter sharding: dense embedding-sized gradients alive at once (a tied embedding gets one from
+# the output projection and one from the input lookup), and AdamW's working set for a chunk of rows.
+SHARDED_EMBEDDING_GRADIENTS = 2
+SHARDED_OPTIMIZER_WORKING_MB = 64.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,19 @@ class ModelShape:
     num_layers: int
     num_attention_heads: int
     vocab_size: int
+
+    @classmethod
+    def from_config_dict(cls, config: dict[str, Any], parameters: Optional[int] = None) -> "ModelShape":
+        """From a parsed config.json (what the daemon has, without transformers).
+
+        Raises:
+            ValueError: the config lacks a size the estimate needs.
+        """
+        text = config.get("text_config") or config
+        try:
+            return cls.from_config(SimpleNamespace(**text), parameters)
+        except AttributeError as error:
+            raise ValueError(f"config.json has no {error.name} (nor its usual aliases)") from error
 
     @classmethod
     def from_config(cls, config: Any, parameters: Optional[int] = None) -> "ModelShape":
@@ -96,6 +114,7 @@ def estimate_peak(
     micro_batch: int,
     sequence: int,
     gradient_checkpointing: bool,
+    parameter_sharding: bool = False,
 ) -> MemoryEstimate:
     """The estimated peak of one training run.
 
@@ -107,6 +126,8 @@ def estimate_peak(
         micro_batch: examples per forward pass.
         sequence: tokens per example (the longest, max_seq_len).
         gradient_checkpointing: whether layers recompute their activations in the backward pass.
+        parameter_sharding: full fine-tuning with master weights and optimizer state in mapped files:
+            only the embedding and two layers (the one at work and the prefetched one) are in memory.
 
     Returns:
         The estimate by part.
@@ -115,6 +136,13 @@ def estimate_peak(
     trainable = shape.parameters if is_full else lora_parameters(shape, lora_rank)
     activation_bytes = 4 if is_full else DTYPE_BYTES[base_dtype]
     weights = (shape.parameters * activation_bytes + (0 if is_full else trainable * 4)) / MB
+    gradients, optimizer = trainable * 4 / MB, trainable * 8 / MB
+    if is_full and parameter_sharding:
+        embedding = shape.vocab_size * shape.hidden_size
+        layer = max(0, shape.parameters - embedding) / shape.num_layers
+        weights = (embedding + 2 * layer) * 4 / MB
+        gradients = (SHARDED_EMBEDDING_GRADIENTS * embedding + layer) * 4 / MB
+        optimizer = SHARDED_OPTIMIZER_WORKING_MB
     tokens = micro_batch * sequence
     per_layer = tokens * activation_bytes * (
         HIDDEN_TENSORS_PER_LAYER * shape.hidden_size + INTERMEDIATE_TENSORS_PER_LAYER * shape.intermediate_size
@@ -126,12 +154,32 @@ def estimate_peak(
     chunk = min(CHUNK_LOGIT_ELEMENTS, tokens * shape.vocab_size)
     return MemoryEstimate(
         weights=weights,
-        gradients=trainable * 4 / MB,
-        optimizer=trainable * 8 / MB,
+        gradients=gradients,
+        optimizer=optimizer,
         activations=activations / MB,
         logits=chunk * 4 * LOGIT_CHUNK_COPIES / MB,
         runtime=RUNTIME_MB,
     )
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What a job asks for, as far as memory goes; ``None`` leaves a choice to the planner."""
+
+    method: str
+    base_dtype: Optional[str]
+    lora_rank: int
+    batch_size: int
+    grad_accum_steps: int
+    sequence: int
+    gradient_checkpointing: bool
+    parameter_sharding: Optional[bool]
+    budget_mb: float
+    micro_batch_cap: Optional[int] = None
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.grad_accum_steps
 
 
 @dataclass(frozen=True)
@@ -141,39 +189,128 @@ class MemoryPlan:
     micro_batch: int
     grad_accum_steps: int
     gradient_checkpointing: bool
+    base_dtype: str
+    parameter_sharding: bool
     estimate: MemoryEstimate
-    fits: bool
+    budget_mb: float
+    sequence: int
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.total <= self.budget_mb
+
+    def describe(self) -> str:
+        settings = [f"micro-batch {self.micro_batch} x {self.grad_accum_steps}"]
+        if self.gradient_checkpointing:
+            settings.append("gradient checkpointing")
+        if self.base_dtype != "float32":
+            settings.append(f"{self.base_dtype} base")
+        if self.parameter_sharding:
+            settings.append("parameter sharding")
+        return f"{', '.join(settings)}: {self.estimate.describe()} of a {self.budget_mb:,.0f} MB budget"
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as stored on the job (``memory_plan_json``) and shown by the API."""
+        return {
+            "micro_batch": self.micro_batch,
+            "grad_accum_steps": self.grad_accum_steps,
+            "effective_batch": self.micro_batch * self.grad_accum_steps,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "base_dtype": self.base_dtype,
+            "parameter_sharding": self.parameter_sharding,
+            "sequence": self.sequence,
+            "budget_mb": round(self.budget_mb, 1),
+            "estimate_mb": round(self.estimate.total, 1),
+            "estimate": {name: round(value, 1) for name, value in asdict(self.estimate).items()},
+            "fits": self.fits,
+        }
 
 
-def plan_memory(
-    shape: ModelShape,
-    method: str,
-    base_dtype: str,
-    lora_rank: int,
-    batch_size: int,
-    grad_accum_steps: int,
-    sequence: int,
-    gradient_checkpointing: bool,
-    budget_mb: float,
-) -> MemoryPlan:
-    """The fastest settings whose estimate fits ``budget_mb``, keeping the effective batch.
+def plan_request(config: Any, budget_mb: float, sequence: int, micro_batch_cap: Optional[int] = None) -> PlanRequest:
+    """The request of a job's ``JobConfig`` for examples of ``sequence`` tokens."""
+    return PlanRequest(
+        method=config.method,
+        base_dtype=config.base_dtype,
+        lora_rank=config.lora_rank,
+        batch_size=config.batch_size,
+        grad_accum_steps=config.grad_accum_steps,
+        sequence=sequence,
+        gradient_checkpointing=config.gradient_checkpointing,
+        parameter_sharding=config.parameter_sharding,
+        budget_mb=budget_mb,
+        micro_batch_cap=micro_batch_cap,
+    )
 
-    Tries the job's micro-batch and then smaller divisors of the effective batch, first as the job
-    asked and then with gradient checkpointing (slower, far smaller). When nothing fits, the plan
-    with the smallest estimate comes back with ``fits=False``.
+
+def _micro_batches(request: PlanRequest) -> list[int]:
+    """Divisors of the effective batch, largest first, at most the job's batch_size and the cap."""
+    largest = min(request.batch_size, request.micro_batch_cap or request.batch_size)
+    return [size for size in range(largest, 0, -1) if request.effective_batch % size == 0]
+
+
+def _candidates(request: PlanRequest) -> list[tuple[int, bool, str, bool]]:
+    """(micro-batch, checkpointing, base dtype, sharding), in the order they cost speed or precision.
+
+    A smaller micro-batch costs least (the matrix products stay large), then recomputing
+    activations (about a third more time), then a bfloat16 frozen base (rounds the base weights)
+    or parameter sharding (reads and writes flash every step).
     """
-    effective = batch_size * grad_accum_steps
-    micro_batches = [size for size in range(batch_size, 0, -1) if effective % size == 0]
-    candidates = [(size, gradient_checkpointing) for size in micro_batches]
-    if not gradient_checkpointing:
-        candidates += [(size, True) for size in micro_batches]
+    checkpointing = [True] if request.gradient_checkpointing else [False, True]
+    if request.method == "full":
+        dtypes = ["float32"]
+        shardings = [request.parameter_sharding] if request.parameter_sharding is not None else [False, True]
+    else:
+        dtypes = [request.base_dtype] if request.base_dtype else ["float32", "bfloat16"]
+        shardings = [False]
+    return [
+        (size, checkpointed, dtype, sharded)
+        for dtype in dtypes
+        for sharded in shardings
+        for checkpointed in checkpointing
+        for size in _micro_batches(request)
+    ]
+
+
+def plan_memory(shape: ModelShape, request: PlanRequest) -> MemoryPlan:
+    """The first settings (in ``_candidates``' order) whose estimate fits the budget, keeping the effective batch.
+
+    When nothing fits, the plan with the smallest estimate comes back (its ``fits`` is False).
+    """
     smallest: Optional[MemoryPlan] = None
-    for size, checkpointed in candidates:
-        estimate = estimate_peak(shape, method, base_dtype, lora_rank, size, sequence, checkpointed)
-        plan = MemoryPlan(size, effective // size, checkpointed, estimate, estimate.total <= budget_mb)
+    for size, checkpointed, dtype, sharded in _candidates(request):
+        estimate = estimate_peak(shape, request.method, dtype, request.lora_rank, size, request.sequence, checkpointed, sharded)
+        plan = MemoryPlan(size, request.effective_batch // size, checkpointed, dtype, sharded, estimate, request.budget_mb, request.sequence)
         if plan.fits:
             return plan
         if smallest is None or estimate.total < smallest.estimate.total:
             smallest = plan
-    assert smallest is not None
+    assert smallest is not None, "there is always micro-batch 1"
     return smallest
+
+
+def largest_fitting_sequence(shape: ModelShape, request: PlanRequest) -> Optional[int]:
+    """The longest sequence (at least 8 tokens) for which some plan fits, or None if none does."""
+    low, high = 8, request.sequence
+    if not plan_memory(shape, replace(request, sequence=low)).fits:
+        return None
+    while low < high:
+        middle = (low + high + 1) // 2
+        if plan_memory(shape, replace(request, sequence=middle)).fits:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def does_not_fit_message(shape: ModelShape, request: PlanRequest, plan: MemoryPlan) -> str:
+    """Why a job cannot run in its budget: the smallest plan's estimate, and the largest thing that would fit."""
+    message = f"the job does not fit its memory budget: the smallest plan ({plan.describe()}) is over it."
+    sequence = largest_fitting_sequence(shape, request)
+    if sequence is not None:
+        return message + f" The longest max_seq_len that fits is {sequence}; or raise memory_budget_mb to at least {plan.estimate.total:,.0f}."
+    fixed = plan.estimate.weights + plan.estimate.gradients + plan.estimate.optimizer + plan.estimate.runtime
+    hints = "use method lora with base_dtype bfloat16, " if request.method == "full" else "use base_dtype bfloat16, " if request.base_dtype == "float32" else ""
+    return message + (
+        f" Even 8-token examples need {fixed:,.0f} MB (weights, gradients, optimizer and runtime): {hints}"
+        f"pick a smaller model, or raise memory_budget_mb to at least {plan.estimate.total:,.0f}."
+    )

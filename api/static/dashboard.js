@@ -701,6 +701,7 @@ function renderStats() {
     ["Validation loss", evals.length ? number(evals[evals.length - 1].loss) : null],
     ["Tokens / s", number(last.tokens_per_second, 3)],
     ["Memory", last.rss_mb ? `${number(last.rss_mb, 3)} MB` : "–"],
+    ["Memory plan", memoryPlanText(job.memory_plan)],
     ["Battery", last.battery_percent !== undefined ? `${number(last.battery_percent, 3)} %` : null],
     ["Battery temp.", last.battery_temperature_c !== undefined ? `${number(last.battery_temperature_c, 3)} °C` : null],
     ["Tokens seen", job.tokens_seen ? number(job.tokens_seen) : null],
@@ -712,6 +713,19 @@ function renderStats() {
     ["Finished", job.finished_at ? localTime(job.finished_at) : null],
   ].filter(([, value]) => value !== null);
   $("job-stats").replaceChildren(...stats.flatMap(([term, value]) => [h("div", {}, h("dt", { text: term }), h("dd", { text: value }))]));
+}
+
+// "micro-batch 2 × 2, checkpointing · est. 1,234 MB of 3,000 MB · peak 1,190 MB" (null before any plan).
+function memoryPlanText(plan) {
+  if (!plan) return null;
+  const settings = [`micro-batch ${plan.micro_batch} × ${plan.grad_accum_steps}`];
+  if (plan.gradient_checkpointing) settings.push("checkpointing");
+  if (plan.base_dtype && plan.base_dtype !== "float32") settings.push(`${plan.base_dtype} base`);
+  if (plan.parameter_sharding) settings.push("sharded");
+  const parts = [settings.join(", "), `est. ${number(plan.estimate_mb)} MB of ${number(plan.budget_mb)} MB`];
+  if (plan.peak_mb) parts.push(`peak ${number(plan.peak_mb)} MB`);
+  if (!plan.fits) parts.push("does not fit");
+  return parts.join(" · ");
 }
 
 function addEvent(event) {

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 from typing import Optional
 
 from sqlalchemy import delete as sql_delete
@@ -11,6 +13,8 @@ from sqlmodel import Session, col, select
 
 from mftd.errors import ConflictError, InvalidValueError, NotFoundError
 from mftd.jobconfig import JobConfig
+from mftd.memory_plan import MemoryPlan, ModelShape, does_not_fit_message, plan_memory, plan_request
+from mftd.modelinfo import CONFIG_FILENAME
 from mftd.registry.lookup import Reference, get_row, resolve
 from mftd.settings import Settings
 from mftd.status import JobStatus, set_status
@@ -46,12 +50,14 @@ def create_job(
         config = config.model_copy(update={"max_seq_len": model_row.context_length})
     _check_job_fits(config, model_row, dataset_row)
     _check_validation_dataset(session, config)
+    plan = _plan_memory(config, model_row, settings)
     job = Job(
         name=name,
         model_id=model_row.id,
         dataset_id=dataset_row.id,
         priority=priority,
         config_json=config.model_dump_json(),
+        memory_plan_json=json.dumps(plan.to_json()) if plan else None,
     )
     session.add(job)
     session.flush()
@@ -75,6 +81,30 @@ def create_job(
     session.commit()
     session.refresh(job)
     return job
+
+
+def _plan_memory(config: JobConfig, model: Model, settings: Settings) -> Optional[MemoryPlan]:
+    """The job's memory plan for examples as long as ``max_seq_len`` (the worker plans again for the real longest one).
+
+    None when config.json lacks the sizes the estimate needs: the worker's plan, from the loaded
+    config with its defaults, is then the first one.
+
+    Raises:
+        InvalidValueError: nothing fits the budget; the message has the estimate and what would fit.
+    """
+    try:
+        model_config = json.loads((Path(model.path) / CONFIG_FILENAME).read_text())
+    except (OSError, ValueError) as error:
+        raise InvalidValueError("model", f"cannot read the config.json of model {model.name} in {model.path} ({error}); register it again.") from error
+    try:
+        shape = ModelShape.from_config_dict(model_config, model.num_parameters or None)
+    except ValueError:
+        return None
+    request = plan_request(config, config.memory_budget_mb or settings.default_memory_budget_mb, config.max_seq_len)
+    plan = plan_memory(shape, request)
+    if not plan.fits:
+        raise InvalidValueError("memory_budget_mb", does_not_fit_message(shape, request, plan))
+    return plan
 
 
 def _check_validation_dataset(session: Session, config: JobConfig) -> None:

@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from mftd.db import new_session
+from tests.api.hf_folders import write_model_folder
 from mftd.settings import Settings
 from mftd.status import JobStatus, set_status
 from mftd.tables import Job
@@ -129,3 +132,36 @@ def test_bad_status_filter_is_422(client: TestClient, auth: dict[str, str]):
     response = client.get("/v1/jobs?status=sleeping", headers=auth)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["query", "status"]
+
+
+@pytest.fixture
+def sized_model_id(client: TestClient, auth: dict[str, str], tmp_path: Path) -> int:
+    """A model whose config.json has the sizes the planner needs (SmolLM2-135M's)."""
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "max_position_embeddings": 8192, "hidden_size": 576,
+              "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9, "vocab_size": 49152, "tie_word_embeddings": True}
+    folder = write_model_folder(tmp_path / "smol-sized", config)
+    response = client.post("/v1/models", json={"name": "smol-sized", "path": str(folder)}, headers=auth)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def test_the_memory_plan_is_on_the_job_from_submit(client: TestClient, auth: dict[str, str], sized_model_id: int, dataset_id: int):
+    body = {"model": sized_model_id, "dataset": dataset_id, "batch_size": 8, "grad_accum_steps": 1, "max_seq_len": 1024,
+            "memory_budget_mb": 3000}
+    job = client.post("/v1/jobs", json=body, headers=auth).json()
+    plan = job["memory_plan"]
+    assert plan["fits"] and plan["budget_mb"] == 3000 and plan["estimate_mb"] <= 3000 and plan["sequence"] == 1024
+    assert plan["micro_batch"] * plan["grad_accum_steps"] == 8
+    assert plan["micro_batch"] < 8 or plan["gradient_checkpointing"]  # eight 1024-token rows' activations do not fit 3 GB
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["memory_plan"] == plan
+
+
+def test_a_job_that_cannot_fit_its_budget_is_422_with_the_estimate(client: TestClient, auth: dict[str, str], sized_model_id: int, dataset_id: int):
+    body = {"model": sized_model_id, "dataset": dataset_id, "method": "full", "parameter_sharding": False, "max_seq_len": 2048,
+            "memory_budget_mb": 600}
+    response = client.post("/v1/jobs", json=body, headers=auth)
+    assert response.status_code == 422, response.text
+    error = response.json()["detail"][0]
+    assert error["loc"] == ["body", "memory_budget_mb"]
+    assert "does not fit its memory budget" in error["msg"] and "raise memory_budget_mb to at least" in error["msg"]
+    assert client.get("/v1/jobs", headers=auth).json()["count"] == 0

@@ -8,6 +8,7 @@ import pytest
 
 from jobs.resolved_config import ResolvedJobConfig, resolve_config, total_optimizer_steps, write_resolved_config
 from mftd.jobconfig import JobConfig
+from mftd.memory_plan import ModelShape, plan_memory, plan_request
 
 
 @pytest.mark.parametrize(
@@ -18,9 +19,14 @@ def test_total_steps_cover_the_epochs_or_follow_max_steps(epochs, max_steps, per
     assert total_optimizer_steps(epochs, max_steps, per_epoch, accumulation) == expected
 
 
-def resolve(**fields) -> ResolvedJobConfig:
+SHAPE = ModelShape(parameters=1_000_000, hidden_size=64, intermediate_size=256, num_layers=2, num_attention_heads=2, vocab_size=512)
+
+
+def resolve(micro_batch_cap=None, **fields) -> ResolvedJobConfig:
+    config = JobConfig(**fields)
+    plan = plan_memory(SHAPE, plan_request(config, 100_000, 64, micro_batch_cap))
     return resolve_config(
-        JobConfig(**fields), architecture="GPT2LMHeadModel", model_type="gpt2", dataset_format="messages", num_examples=9, default_num_threads=3
+        config, architecture="GPT2LMHeadModel", model_type="gpt2", dataset_format="messages", num_examples=9, default_num_threads=3, plan=plan
     )
 
 
@@ -29,6 +35,15 @@ def test_defaults_are_filled_in_for_the_model_and_data():
     assert resolved.lora_target_modules == ["c_attn", "attn.c_proj"]
     assert (resolved.batches_per_epoch, resolved.total_steps) == (5, 5)
     assert (resolved.num_threads, resolved.dataset_format, resolved.model_type) == (3, "messages", "gpt2")
+
+
+def test_the_plan_sets_the_micro_batch_and_the_steps_stay():
+    asked = resolve(batch_size=4, grad_accum_steps=1, epochs=2)
+    capped = resolve(micro_batch_cap=2, batch_size=4, grad_accum_steps=1, epochs=2)
+    assert (capped.batch_size, capped.grad_accum_steps, capped.effective_batch) == (2, 2, 4)
+    assert (asked.batch_size, asked.grad_accum_steps, asked.effective_batch) == (4, 1, 4)
+    assert capped.total_steps == asked.total_steps == 6  # 9 examples in batches of 4: 3 per epoch
+    assert (capped.base_dtype, capped.parameter_sharding, capped.memory_budget_mb) == ("float32", False, 100_000)
 
 
 def test_given_values_win_over_defaults():

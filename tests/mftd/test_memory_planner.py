@@ -1,0 +1,81 @@
+"""The memory planner's choices: it keeps the effective batch, gives up speed before precision, and says what would fit."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from mftd.memory_plan import ModelShape, PlanRequest, does_not_fit_message, estimate_peak, largest_fitting_sequence, plan_memory
+
+SMOLLM2 = ModelShape(parameters=134_515_008, hidden_size=576, intermediate_size=1536, num_layers=30, num_attention_heads=9, vocab_size=49152)
+QWEN05B = ModelShape(parameters=494_032_768, hidden_size=896, intermediate_size=4864, num_layers=24, num_attention_heads=14, vocab_size=151936)
+LORA = PlanRequest(method="lora", base_dtype=None, lora_rank=8, batch_size=4, grad_accum_steps=1, sequence=256,
+                   gradient_checkpointing=False, parameter_sharding=None, budget_mb=100_000)
+
+
+def budget_for(shape: ModelShape, micro_batch: int, checkpointed: bool, base_dtype: str = "float32", method: str = "lora", sharded: bool = False) -> float:
+    return estimate_peak(shape, method, base_dtype, 8, micro_batch, 256, checkpointed, sharded).total + 1
+
+
+def test_a_roomy_budget_keeps_the_job_as_asked():
+    plan = plan_memory(SMOLLM2, LORA)
+    assert (plan.micro_batch, plan.grad_accum_steps, plan.gradient_checkpointing, plan.base_dtype, plan.fits) == (4, 1, False, "float32", True)
+
+
+def test_the_planner_shrinks_the_micro_batch_first_then_checkpoints_then_rounds_the_base():
+    smaller = plan_memory(SMOLLM2, replace(LORA, budget_mb=budget_for(SMOLLM2, 2, False)))
+    assert (smaller.micro_batch, smaller.grad_accum_steps, smaller.gradient_checkpointing, smaller.base_dtype) == (2, 2, False, "float32")
+    checkpointed = plan_memory(SMOLLM2, replace(LORA, budget_mb=budget_for(SMOLLM2, 4, True)))
+    assert checkpointed.gradient_checkpointing and checkpointed.base_dtype == "float32"
+    assert checkpointed.micro_batch * checkpointed.grad_accum_steps == 4
+    rounded = plan_memory(SMOLLM2, replace(LORA, budget_mb=budget_for(SMOLLM2, 1, True, "bfloat16")))
+    assert (rounded.micro_batch, rounded.gradient_checkpointing, rounded.base_dtype, rounded.fits) == (1, True, "bfloat16", True)
+
+
+def test_a_base_dtype_the_job_set_is_never_changed():
+    plan = plan_memory(SMOLLM2, replace(LORA, base_dtype="float32", budget_mb=budget_for(SMOLLM2, 1, True, "bfloat16")))
+    assert plan.base_dtype == "float32" and not plan.fits
+
+
+def test_the_cap_from_a_kill_for_memory_bounds_the_micro_batch():
+    plan = plan_memory(SMOLLM2, replace(LORA, batch_size=8, micro_batch_cap=3))
+    assert (plan.micro_batch, plan.grad_accum_steps) == (2, 4)
+
+
+def test_full_fine_tuning_shards_only_when_it_must():
+    full = PlanRequest(method="full", base_dtype=None, lora_rank=8, batch_size=1, grad_accum_steps=4, sequence=256,
+                       gradient_checkpointing=True, parameter_sharding=None, budget_mb=100_000)
+    assert not plan_memory(QWEN05B, full).parameter_sharding
+    phone = plan_memory(QWEN05B, replace(full, budget_mb=3072))
+    assert phone.parameter_sharding and phone.fits
+    assert phone.estimate.total < estimate_peak(QWEN05B, "full", "float32", 8, 1, 256, True).total / 2
+    refused = plan_memory(QWEN05B, replace(full, budget_mb=3072, parameter_sharding=False))
+    assert not refused.fits and not refused.parameter_sharding
+
+
+def test_when_nothing_fits_the_message_gives_the_estimate_and_the_longest_sequence_that_fits():
+    request = replace(LORA, base_dtype="float32", sequence=4096, budget_mb=budget_for(SMOLLM2, 1, True) + 100)
+    plan = plan_memory(SMOLLM2, request)
+    assert not plan.fits and (plan.micro_batch, plan.gradient_checkpointing) == (1, True)
+    longest = largest_fitting_sequence(SMOLLM2, request)
+    assert 256 < longest < 4096
+    assert plan_memory(SMOLLM2, replace(request, sequence=longest)).fits
+    assert not plan_memory(SMOLLM2, replace(request, sequence=longest + 1)).fits
+    message = does_not_fit_message(SMOLLM2, request, plan)
+    assert f"{plan.estimate.total:,.0f}" in message and f"max_seq_len that fits is {longest}" in message
+
+
+def test_a_model_too_big_for_the_budget_says_what_to_change():
+    request = PlanRequest(method="full", base_dtype=None, lora_rank=8, batch_size=1, grad_accum_steps=1, sequence=256,
+                          gradient_checkpointing=False, parameter_sharding=False, budget_mb=1000)
+    plan = plan_memory(QWEN05B, request)
+    assert largest_fitting_sequence(QWEN05B, request) is None
+    message = does_not_fit_message(QWEN05B, request, plan)
+    assert "method lora" in message and "memory_budget_mb" in message
+
+
+def test_plan_json_has_what_the_api_and_the_daemon_read():
+    plan = plan_memory(SMOLLM2, replace(LORA, batch_size=2, grad_accum_steps=2))
+    shown = plan.to_json()
+    assert shown["micro_batch"] * shown["grad_accum_steps"] == shown["effective_batch"] == 4
+    assert shown["estimate_mb"] == round(sum(shown["estimate"].values()), 1) or abs(shown["estimate_mb"] - sum(shown["estimate"].values())) < 1
+    assert shown["fits"] and shown["budget_mb"] == 100_000
