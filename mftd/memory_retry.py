@@ -80,10 +80,16 @@ def after_memory_kill(plan_json: Optional[str], micro_batch_cap: Optional[int], 
 def _failure(killed_at: str, plan: dict[str, Any]) -> MemoryVerdict:
     estimate = _estimate_text(plan)
     checkpointing = "" if plan.get("gradient_checkpointing") else "gradient_checkpointing true, "
+    # A plan that fit its budget was killed anyway: the budget promised more than the device had.
+    budget = (
+        f"a memory_budget_mb below {plan['budget_mb']:,.0f} that the device really has free (the planner then picks settings that fit it), "
+        if plan.get("fits", True)
+        else ""
+    )
     reason = (
         f"{killed_at}, the smallest micro-batch there is, so it cannot be made to fit by accumulating more. "
         f"The planner expected {estimate} against a budget of {plan['budget_mb']:,.0f} MB; the run needed more than the device could give it. "
-        f"To fit, try {checkpointing}{FIT_ADVICE}, then submit the job again."
+        f"To fit, try {budget}{checkpointing}{FIT_ADVICE}, then submit the job again."
     )
     return MemoryVerdict(micro_batch_cap=None, event_message=reason, status_reason=reason)
 

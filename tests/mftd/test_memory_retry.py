@@ -45,8 +45,10 @@ def test_a_kill_at_micro_batch_1_fails_with_the_planner_numbers_and_what_to_do()
     assert "budget of 9,642 MB" in reason
     for advice in ("gradient_checkpointing true", "max_seq_len", "method lora", "base_dtype bfloat16", "parameter_sharding", "smaller model", "free memory"):
         assert advice in reason
-    checkpointed = after_memory_kill(plan_json(1, 1, gradient_checkpointing=True), None, KILLER)
+    assert "a memory_budget_mb below 9,642 that the device really has free" in reason
+    checkpointed = after_memory_kill(plan_json(1, 1, gradient_checkpointing=True, fits=False), None, KILLER)
     assert "gradient_checkpointing true" not in checkpointed.status_reason
+    assert "memory_budget_mb" not in checkpointed.status_reason
 
 
 @pytest.mark.parametrize("plan", [None, "", "not json", json.dumps({"micro_batch": 8}), json.dumps([1, 2]), plan_json(8, 8).replace('"effective_batch": 8', '"effective_batch": 4')])
