@@ -3,6 +3,11 @@
 One worker runs at a time, in its own process group (so a signal reaches the worker and anything it
 spawned), with stdout and stderr appended to ``jobs/<id>/worker.log``. ``_ending`` is the one place
 that maps an exit to a status.
+
+A SIGKILL the daemon did not send, with evidence that it was for memory (``mftd.oom_evidence``), is
+not a crash: the job is retried at once with a smaller micro-batch, or fails when it was at
+micro-batch 1 already (``mftd.memory_retry``). Workers run with ``MALLOC_ARENA_MAX=2``: glibc's
+default of up to eight arenas per core keeps freed memory that a phone cannot spare.
 """
 
 from __future__ import annotations
@@ -22,6 +27,15 @@ from sqlmodel import select
 
 from mftd import protocol
 from mftd.db import new_session
+from mftd.memory_retry import MemoryVerdict, after_memory_kill
+from mftd.oom_evidence import (
+    MEMORY_KILL_SHARE,
+    OomKillCount,
+    WorkerMemory,
+    oom_kills_between,
+    read_oom_kill_count,
+    sample_worker_memory,
+)
 from mftd.recovery import ORPHANED_REASON as DAEMON_STOPPED_REASON
 from mftd.recovery import is_worker_process, terminate_worker
 from mftd.scheduler import RunningView, backoff_delay
@@ -35,8 +49,12 @@ from mftd.wakelock import WakeLock
 log = logging.getLogger(__name__)
 
 CommandFactory = Callable[[int, Path], list[str]]
+OomKillCounter = Callable[[], Optional[OomKillCount]]
+MemorySampler = Callable[[int], Optional[WorkerMemory]]
 
 KILL_WAIT_SECONDS = 10.0
+# glibc's arenas per core keep freed memory; two are enough for a worker with a few threads.
+MALLOC_ARENA_MAX = "2"
 
 
 @dataclass
@@ -50,6 +68,8 @@ class _Run:
     kill_reason: Optional[str] = None
     shutting_down: bool = False
     throttle: Throttle = FULL_SPEED
+    oom_kills_before: Optional[OomKillCount] = None
+    last_memory: Optional[WorkerMemory] = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,7 @@ class Ending:
     status: JobStatus
     reason: str
     counts_as_interruption: bool = False
+    memory: Optional[MemoryVerdict] = None
 
 
 class Supervisor:
@@ -69,6 +90,9 @@ class Supervisor:
         settings: data dir, stop grace, worker interpreter.
         command_factory: ``(job_id, data_dir) -> argv``; default ``protocol.worker_command``.
         wake_lock: held while a worker runs; default Termux's, if ``settings.wake_lock``.
+        oom_kill_counter: reads the kernel's OOM kill count; default ``read_oom_kill_count``.
+        memory_sampler: ``pid -> WorkerMemory``, sampled each poll where no OOM kill count can be read;
+            default ``sample_worker_memory``.
     """
 
     def __init__(
@@ -77,6 +101,8 @@ class Supervisor:
         settings: Settings,
         command_factory: Optional[CommandFactory] = None,
         wake_lock: Optional[WakeLock] = None,
+        oom_kill_counter: Optional[OomKillCounter] = None,
+        memory_sampler: Optional[MemorySampler] = None,
     ):
         self.engine = engine
         self.settings = settings
@@ -84,6 +110,8 @@ class Supervisor:
             lambda job_id, data_dir: protocol.worker_command(job_id, data_dir, settings.worker_python)
         )
         self.wake_lock = wake_lock or WakeLock(enabled=settings.wake_lock)
+        self.oom_kill_counter = oom_kill_counter or read_oom_kill_count
+        self.memory_sampler = memory_sampler or sample_worker_memory
         self._run: Optional[_Run] = None
 
     @property
@@ -116,6 +144,7 @@ class Supervisor:
             command = self.command_factory(job_id, self.settings.data_dir)
             (self.settings.job_dir(job_id) / THROTTLE_FILENAME).unlink(missing_ok=True)  # a new run starts at full speed
             self.wake_lock.acquire()
+            oom_kills_before = self.oom_kill_counter()
             try:
                 process = self._spawn(job_id, command, now)
             except OSError as error:
@@ -130,7 +159,9 @@ class Supervisor:
             job.worker_pid = process.pid
             session.add(job)
             session.commit()
-        self._run = _Run(job_id=job_id, process=process, started_at=now, events_before=events_before)
+        self._run = _Run(
+            job_id=job_id, process=process, started_at=now, events_before=events_before, oom_kills_before=oom_kills_before
+        )
         log.info("job %s: worker started (pid %s)", job_id, process.pid)
 
     def stop(self, job_id: int, reason: str, request: Optional[str] = None, now: Optional[datetime] = None) -> None:
@@ -189,7 +220,11 @@ class Supervisor:
     def poll(self, now: Optional[datetime] = None) -> Optional[JobStatus]:
         """If the worker has exited, settle its job and return the job's new status."""
         run = self._run
-        if run is None or run.process.poll() is None:
+        if run is None:
+            return None
+        if run.process.poll() is None:
+            if run.oom_kills_before is None:
+                run.last_memory = self.memory_sampler(run.process.pid) or run.last_memory
             return None
         self._run = None
         now = now or utcnow()
@@ -207,7 +242,11 @@ class Supervisor:
             error_message = _newest_error(session, job.id, run.events_before)
             if error_message is None and code in (protocol.EXIT_FAILED, protocol.EXIT_BAD_CONFIG):
                 error_message = _unrecorded_error_text(code, job.id, self.settings.job_dir(job.id))
-            ending = _ending(code, job.stop_request, run, error_message)
+            killer = _memory_killer(code, run, self.oom_kill_counter())
+            memory = after_memory_kill(job.memory_plan_json, job.micro_batch_cap, killer) if killer else None
+            ending = _ending(code, job.stop_request, run, error_message, killer, memory)
+            if ending.memory is not None:
+                _record_memory_verdict(session, job, ending.memory, now)
             if ending.counts_as_interruption:
                 made_progress = job.interrupted_at_step is not None and job.step > job.interrupted_at_step
                 job.interruptions = 1 if made_progress else job.interruptions + 1
@@ -248,6 +287,7 @@ class Supervisor:
         job_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, MFTD_DATA_DIR=str(self.settings.data_dir))
         env["PYTHONPATH"] = _pythonpath_with_project(env.get("PYTHONPATH", ""))
+        env.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
         with open(job_dir / protocol.WORKER_LOG_FILENAME, "ab") as log_file:
             log_file.write(f"\n=== {iso_z(now)} worker started: {' '.join(command)}\n".encode())
             log_file.flush()
@@ -287,8 +327,19 @@ def _kill_leftovers(process_group: int) -> None:
         pass
 
 
-def _ending(code: int, stop_request: Optional[str], run: _Run, error_message: Optional[str]) -> Ending:
-    """How a worker's exit code and the job's stop request decide the job's new status."""
+def _ending(
+    code: int,
+    stop_request: Optional[str],
+    run: _Run,
+    error_message: Optional[str],
+    memory_killer: Optional[str] = None,
+    memory: Optional[MemoryVerdict] = None,
+) -> Ending:
+    """How a worker's exit code, the job's stop request and a memory kill decide the job's new status.
+
+    A memory kill with a plan to shrink does not count as an interruption: it is not the kind of
+    crash the retry budget is for, and each retry lowers the micro-batch, so the retries end.
+    """
     failed_text = error_message or f"the worker exited with code {code}"
     match code, stop_request:
         case protocol.EXIT_SUCCEEDED, _:
@@ -313,11 +364,44 @@ def _ending(code: int, stop_request: Optional[str], run: _Run, error_message: Op
             return Ending(JobStatus.PAUSED, f"paused by the user ({_how_it_died(code, run)}); resumes from its last checkpoint")
         case _, _ if run.shutting_down:
             return Ending(JobStatus.INTERRUPTED, f"{DAEMON_STOPPED_REASON} ({_how_it_died(code, run)})")
+        case _, _ if memory is not None and memory.is_retry:
+            return Ending(JobStatus.INTERRUPTED, memory.status_reason, memory=memory)
+        case _, _ if memory is not None:
+            return Ending(JobStatus.FAILED, memory.status_reason, memory=memory)
         case _:
-            return Ending(JobStatus.INTERRUPTED, _how_it_died(code, run), counts_as_interruption=True)
+            return Ending(JobStatus.INTERRUPTED, _how_it_died(code, run, memory_killer), counts_as_interruption=True)
 
 
-def _how_it_died(code: int, run: _Run) -> str:
+def _memory_killer(code: int, run: _Run, oom_kills_now: Optional[OomKillCount]) -> Optional[str]:
+    """Who killed the worker for memory, for people; None when it did not die of a SIGKILL for memory.
+
+    A SIGKILL the daemon sent (``run.kill_reason``) is never a memory kill. Otherwise an OOM kill
+    count that grew while the worker ran decides; only where no count can be read does the worker's
+    last sampled share of memory stand in for it.
+    """
+    if code != -signal.SIGKILL or run.kill_reason is not None:
+        return None
+    grew = oom_kills_between(run.oom_kills_before, oom_kills_now)
+    if grew is not None:
+        return "the out-of-memory killer" if grew > 0 else None
+    memory = run.last_memory
+    if memory is not None and memory.share >= MEMORY_KILL_SHARE:
+        return (
+            f"probably the low-memory killer: it held {memory.rss_mb:,.0f} MB with {memory.available_mb:,.0f} MB "
+            "still available when last seen"
+        )
+    return None
+
+
+def _record_memory_verdict(session, job: Job, memory: MemoryVerdict, now: datetime) -> None:
+    """Lower the job's micro-batch cap for the retry, and tell people why."""
+    if memory.is_retry:
+        job.micro_batch_cap = memory.micro_batch_cap
+    level = "warning" if memory.is_retry else "error"
+    session.add(Event(job_id=job.id, kind="memory", level=level, message=memory.event_message, created_at=now))
+
+
+def _how_it_died(code: int, run: _Run, memory_killer: Optional[str] = None) -> str:
     if run.kill_reason:
         return f"{run.kill_reason}; the worker was killed"
     if code < 0:
@@ -325,6 +409,8 @@ def _how_it_died(code: int, run: _Run) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
+        if -code == signal.SIGKILL and memory_killer:
+            return f"killed by {name} for memory ({memory_killer}); the job has no memory plan to shrink"
         if -code == signal.SIGKILL:
             return f"killed by {name} — possibly the out-of-memory killer or Android's phantom process killer"
         return f"killed by {name}"

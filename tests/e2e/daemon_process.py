@@ -24,10 +24,18 @@ def free_port() -> int:
 class DaemonProcess:
     """Starts ``python -m mftd serve`` and talks to it over real HTTP."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        extra_env: dict[str, str] | None = None,
+        command_prefix: list[str] | None = None,
+    ):
+        """``command_prefix`` runs before the daemon's own command and must ``exec`` it (e.g. to enter a cgroup first)."""
         self.data_dir = data_dir
         self.port = port or free_port()
         self.extra_env = extra_env or {}
+        self.command_prefix = command_prefix or []
         self.process: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -37,7 +45,7 @@ class DaemonProcess:
         env.update(self.extra_env)
         log = open(self.data_dir.parent / f"daemon-{self.port}.log", "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mftd", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)],
+            [*self.command_prefix, sys.executable, "-m", "mftd", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

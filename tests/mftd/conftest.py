@@ -10,7 +10,7 @@ the daemon starts it, from the job's name:
     hang                              no heartbeats; exit 75 on SIGTERM
     ignore-term                       ignore SIGTERM and sleep
     exit:CODE                         exit with CODE (an error event first for 1 and 78)
-    kill-self[:STEPS]                 advance STEPS steps, then SIGKILL itself (an OOM kill)
+    kill-self[:STEPS[:SECONDS]]       advance STEPS steps, wait SECONDS, then SIGKILL itself (an OOM kill)
 """
 
 from __future__ import annotations
@@ -110,7 +110,9 @@ if kind == "exit":
         error_event(f"fake failure with code {code}")
     sys.exit(code)
 elif kind == "kill-self":
-    update(step=step + int(rest or 0), heartbeat_at=now())
+    parts = rest.split(":") if rest else []
+    update(step=step + int(parts[0] if parts else 0), heartbeat_at=now())
+    time.sleep(float(parts[1]) if len(parts) > 1 else 0)
     os.kill(os.getpid(), signal.SIGKILL)
 elif kind == "train":
     parts = rest.split(":") if rest else []
@@ -228,6 +230,23 @@ def fake_worker_command(fake_jobs_root: Path, mode: Optional[str] = None) -> Cal
         return argv + (["--mode", mode] if mode else [])
 
     return command
+
+
+def plan_json(micro_batch: int = 8, effective_batch: int = 8, gradient_checkpointing: bool = False, **extra) -> str:
+    """A plan as the worker writes it before training."""
+    plan = {
+        "micro_batch": micro_batch,
+        "grad_accum_steps": effective_batch // micro_batch,
+        "effective_batch": effective_batch,
+        "gradient_checkpointing": gradient_checkpointing,
+        "parameter_sharding": False,
+        "budget_mb": 9642.0,
+        "estimate_mb": 1234.4,
+        "estimate": {"weights": 17.0, "gradients": 0.5, "optimizer": 1.0, "activations": 770.0, "logits": 25.9, "runtime": 420.0},
+        "fits": True,
+        **extra,
+    }
+    return json.dumps(plan)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):
