@@ -34,6 +34,7 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cgroup import CappedRun, check_cgroup_support, run_capped  # noqa: E402
+from mftd.protocol import WORKER_MALLOC_ENV  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     EFFECTIVE_BATCH,
     MODEL_BUILDERS,
@@ -93,7 +94,7 @@ def measure_mftd(name: str, model_dir: Path, data: Path, steps: int, threads: in
         settings.ensure_dirs()
         engine = make_engine(settings.db_path)
         job_id = _create_full_job(engine, model_dir, data, steps, CAPS_MB[name], threads)
-        environment = dict(os.environ, MALLOC_ARENA_MAX="2")
+        environment = {**os.environ, **WORKER_MALLOC_ENV}  # as the daemon starts its workers
         command = [sys.executable, "-m", "jobs.worker", str(job_id), "--data-dir", data_dir]
         run = run_capped(f"mftd-{name}", command, CAPS_MB[name], ROOT, environment)
         metrics, events = _job_records(engine, job_id)

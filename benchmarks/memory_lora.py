@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mftd.protocol import WORKER_MALLOC_ENV  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     EFFECTIVE_BATCH,
     MODEL_BUILDERS,
@@ -94,7 +95,7 @@ def measure(runner: str, model_dir: Path, data: Path, steps: int, threads: int, 
                "--steps", str(steps), "--threads", str(threads), "--mftd-variant", variant, "--base-loader", base_loader]
     environment = dict(os.environ)
     if runner == "mftd":
-        environment["MALLOC_ARENA_MAX"] = "2"  # two malloc arenas (issue 6 wants the daemon to start its worker so; it does not yet)
+        environment.update(WORKER_MALLOC_ENV)  # as the daemon starts its workers
     child = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=ROOT, env=environment, text=True)
     output = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)

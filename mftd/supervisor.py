@@ -6,8 +6,8 @@ that maps an exit to a status.
 
 A SIGKILL the daemon did not send, with evidence that it was for memory (``mftd.oom_evidence``), is
 not a crash: the job is retried at once with a smaller micro-batch, or fails when it was at
-micro-batch 1 already (``mftd.memory_retry``). Workers run with ``MALLOC_ARENA_MAX=2``: glibc's
-default of up to eight arenas per core keeps freed memory that a phone cannot spare.
+micro-batch 1 already (``mftd.memory_retry``). Workers run with glibc settings that give freed
+memory back (``protocol.WORKER_MALLOC_ENV``).
 """
 
 from __future__ import annotations
@@ -53,8 +53,6 @@ OomKillCounter = Callable[[], Optional[OomKillCount]]
 MemorySampler = Callable[[int], Optional[WorkerMemory]]
 
 KILL_WAIT_SECONDS = 10.0
-# glibc's arenas per core keep freed memory; two are enough for a worker with a few threads.
-MALLOC_ARENA_MAX = "2"
 
 
 @dataclass
@@ -287,7 +285,8 @@ class Supervisor:
         job_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, MFTD_DATA_DIR=str(self.settings.data_dir))
         env["PYTHONPATH"] = _pythonpath_with_project(env.get("PYTHONPATH", ""))
-        env.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
+        for name, value in protocol.WORKER_MALLOC_ENV.items():
+            env.setdefault(name, value)
         with open(job_dir / protocol.WORKER_LOG_FILENAME, "ab") as log_file:
             log_file.write(f"\n=== {iso_z(now)} worker started: {' '.join(command)}\n".encode())
             log_file.flush()

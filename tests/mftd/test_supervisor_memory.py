@@ -129,13 +129,14 @@ def test_without_a_counter_the_worker_share_of_memory_decides(supervise, make_jo
         assert job.micro_batch_cap is None and job.interruptions == 1
 
 
-def test_workers_run_with_malloc_arena_max_2(supervise, make_job, settings, monkeypatch):
+def test_workers_run_with_malloc_settings_that_give_memory_back(supervise, make_job, settings, monkeypatch):
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     job_id = make_job()
     supervisor = supervise("sleep")
     supervisor.start(job_id)
     pid = wait_until_ready(settings, job_id)
-    assert "MALLOC_ARENA_MAX=2" in _environ(pid)
+    assert "MALLOC_ARENA_MAX=2" in _environ(pid) and "MALLOC_MMAP_THRESHOLD_=1048576" in _environ(pid)
 
 
 def test_a_malloc_arena_max_the_user_set_is_kept(supervise, make_job, settings, monkeypatch):
