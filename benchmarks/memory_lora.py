@@ -52,6 +52,8 @@ MFTD_VARIANTS = {
     "fp32-checkpointed": ("float32", True, 4),
     "bf16": ("bfloat16", False, 4),
     "bf16-checkpointed": ("bfloat16", True, 4),
+    "bf16-micro1": ("bfloat16", False, 1),
+    "bf16-micro2": ("bfloat16", False, 2),
 }
 # How mftd loads the frozen base: mapped from its safetensors files (what adapter jobs do), or copied into memory (the
 # ordinary from_pretrained, for comparison).

@@ -7,11 +7,13 @@ A pure function of numbers: nothing is loaded or measured here. The estimate add
 - activations: what autograd keeps per token and layer for the backward pass (all of a layer's
   intermediates, or only its input with gradient checkpointing plus one layer recomputed);
 - logits: the chunked cross-entropy's working set (a few chunks of float logits);
-- runtime: Python, torch, transformers, PEFT, the tokenizer and the allocator's slack.
+- runtime: Python, torch, transformers, PEFT, the tokenizer (it grows with the vocabulary) and the
+  allocator's slack.
 
-The per-token constants were fitted on SmolLM2-135M and Gemma 3 270M LoRA runs (sequence 256,
-batch 4, see benchmarks/memory_lora.py); the worker logs the estimate next to the measured peak of
-every run, so their error stays visible.
+The constants were fitted on worker runs of SmolLM2-135M and Gemma 3 270M (LoRA in float32 and
+bfloat16, with and without checkpointing, micro-batch 1 and 4, and full fine-tuning; sequence 256)
+with the worker's allocator settings (``mftd.protocol.WORKER_MALLOC_ENV``); the worker logs the
+estimate next to the measured peak of every run, so their error stays visible.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ from typing import Any, Optional
 MB = 1024 * 1024
 # Float logits the chunked cross-entropy computes at once (jobs/chunked_loss.py): 64 MB in float32.
 CHUNK_LOGIT_ELEMENTS = 16 * 1024 * 1024
-RUNTIME_MB = 420.0
+RUNTIME_MB = 400.0
+RUNTIME_BYTES_PER_VOCABULARY_ENTRY = 700  # the tokenizer's tables and the embedding's bookkeeping
 # Floats kept per token and layer without checkpointing: about this many hidden-sized and
 # intermediate-sized tensors, plus one attention row per head.
-HIDDEN_TENSORS_PER_LAYER = 12
+HIDDEN_TENSORS_PER_LAYER = 6
 INTERMEDIATE_TENSORS_PER_LAYER = 4
 # Copies of a chunk of float logits alive at once (logits, log-probabilities, their gradient, casts).
 LOGIT_CHUNK_COPIES = 3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+OUTPUT_GRADIENT_COPIES = 2
 # Parameter sharding: dense embedding-sized gradients alive at once (a tied embedding gets one from
 # the output projection and one from the input lookup), and AdamW's working set for a chunk of rows.
 SHARDED_EMBEDDING_GRADIENTS = 2
@@ -137,6 +141,10 @@ def estimate_peak(
     activation_bytes = 4 if is_full else DTYPE_BYTES[base_dtype]
     weights = (shape.parameters * activation_bytes + (0 if is_full else trainable * 4)) / MB
     gradients, optimizer = trainable * 4 / MB, trainable * 8 / MB
+    if is_full:
+        # The chunked loss forms the output weight's gradient in its forward pass and hands autograd a
+        # scaled copy, beside the gradient being accumulated: two more embedding-sized tensors.
+        gradients += OUTPUT_GRADIENT_COPIES * shape.vocab_size * shape.hidden_size * 4 / MB
     if is_full and parameter_sharding:
         embedding = shape.vocab_size * shape.hidden_size
         layer = max(0, shape.parameters - embedding) / shape.num_layers
@@ -158,7 +166,7 @@ def estimate_peak(
         optimizer=optimizer,
         activations=activations / MB,
         logits=chunk * 4 * LOGIT_CHUNK_COPIES / MB,
-        runtime=RUNTIME_MB,
+        runtime=RUNTIME_MB + shape.vocab_size * RUNTIME_BYTES_PER_VOCABULARY_ENTRY / MB,
     )
 
 
