@@ -31,6 +31,9 @@ class ResolvedJobConfig(JobConfig):
     num_examples: int = Field(ge=1, description="Examples left to train on after tokenization.")
     batches_per_epoch: int = Field(ge=1, description="Micro-batches in one pass over the examples.")
     total_steps: int = Field(ge=1, description="Optimizer steps in the whole run (max_steps, or epochs of micro-batches).")
+    parameter_sharding: bool = Field(
+        False, description="Whether full fine-tuning keeps weights and AdamW state in memory-mapped files (see jobs/sharding.py)."
+    )
 
 
 def total_optimizer_steps(epochs: float, max_steps: Optional[int], micro_batches_per_epoch: int, grad_accum_steps: int) -> int:
@@ -66,7 +69,7 @@ def resolve_config(
     if config.method in ADAPTER_METHODS:
         target_modules = config.lora_target_modules or default_lora_targets(model_type)
     return ResolvedJobConfig(
-        **config.model_dump(exclude={"lora_target_modules", "dataset_format", "num_threads"}),
+        **config.model_dump(exclude={"lora_target_modules", "dataset_format", "num_threads", "parameter_sharding"}),
         lora_target_modules=target_modules,
         dataset_format=dataset_format,
         num_threads=config.num_threads or default_num_threads,
@@ -75,6 +78,7 @@ def resolve_config(
         num_examples=num_examples,
         batches_per_epoch=per_epoch,
         total_steps=total_optimizer_steps(config.epochs, config.max_steps, per_epoch, config.grad_accum_steps),
+        parameter_sharding=bool(config.parameter_sharding),
     )
 
 
