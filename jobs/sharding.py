@@ -30,12 +30,14 @@ from typing import Any, Optional
 import torch
 from torch.optim.adam import adam
 
-from jobs.shard_files import MappedFile, Slot, plan_slots
+from jobs.chunked_loss import WEIGHT_GRADIENT_ALLOCATOR
+from jobs.shard_files import ELEMENT_BYTES, MappedFile, Slot, plan_slots
 
 WEIGHTS_FILENAME = "weights.f32"
 EXP_AVG_FILENAME = "exp_avg.f32"
 EXP_AVG_SQ_FILENAME = "exp_avg_sq.f32"
 GRADIENTS_FILENAME = "gradients.f32"
+OUTPUT_GRADIENT_FILENAME = "output_gradient.f32"
 # What a checkpoint must copy; the gradient sums are scratch between micro-batches.
 CHECKPOINTED_FILENAMES = (WEIGHTS_FILENAME, EXP_AVG_FILENAME, EXP_AVG_SQ_FILENAME)
 STEPS_KEY = "sharded_adamw_steps"
@@ -101,6 +103,10 @@ class ShardedAdamW:
             entry.parameter.register_post_accumulate_grad_hook(lambda _parameter, entry=entry: self._take_gradient(entry))
         for index, layer in enumerate(self.layers):
             layer.register_forward_pre_hook(lambda _module, _args, index=index: self._entering_layer(index))
+            layer.register_forward_hook(lambda _module, _args, _output, index=index: self._leaving_layer(index))
+        self._output_weight = _output_weight(model)
+        if self._output_weight is not None:
+            setattr(self._output_weight, WEIGHT_GRADIENT_ALLOCATOR, self._new_output_gradient)
         self._is_last_micro_batch = False
         self._is_in_backward = False
 
@@ -109,6 +115,10 @@ class ShardedAdamW:
     def backward(self, loss: torch.Tensor, is_last_micro_batch: bool) -> None:
         """Backpropagate one micro-batch's loss into the gradient sums (and step, on the last one without clipping)."""
         self._is_last_micro_batch = is_last_micro_batch
+        # The embeddings' weights (the output layer's, when tied) are not needed for their own gradients.
+        for entry in self.entries:
+            if entry.layer is None:
+                self.weights.release(entry.slot)
         self._is_in_backward = True
         try:
             loss.backward()
@@ -173,6 +183,8 @@ class ShardedAdamW:
         """Delete the live shard files (the parameters keep their mapping until they are freed)."""
         for mapped in (self.weights, self.exp_avg, self.exp_avg_sq, self.gradients):
             mapped.close()
+        if self._output_weight is not None:
+            delattr(self._output_weight, WEIGHT_GRADIENT_ALLOCATOR)
         shutil.rmtree(self.shard_dir, ignore_errors=True)
 
     # Inside the passes.
@@ -203,6 +215,20 @@ class ShardedAdamW:
         self.gradients.release(entry.slot)
         self.weights.release(entry.slot)
 
+    def _new_output_gradient(self) -> torch.Tensor:
+        """A zeroed tensor in a fresh mapped file for the output weight's gradient (the chunked loss fills it).
+
+        With tied embeddings autograd holds it through the whole backward pass, then adds the input
+        embedding's gradient into it: a [vocabulary, hidden] float32 tensor that now lives in the page cache.
+        """
+        weight = self._output_weight
+        path = self.shard_dir / OUTPUT_GRADIENT_FILENAME
+        # A new file each time: the last micro-batch's tensor may still be mapped, which unlinking leaves valid.
+        path.unlink(missing_ok=True)
+        with path.open("wb") as file:
+            file.truncate(weight.numel() * ELEMENT_BYTES)
+        return torch.from_file(str(path), shared=True, size=weight.numel(), dtype=torch.float32).view(weight.shape)
+
     def _entering_layer(self, index: int) -> None:
         # In the backward pass, gradient checkpointing recomputes layer i just before its gradients, so the
         # pass runs from the last layer down: read the layer below ahead, and this layer's optimizer state.
@@ -215,6 +241,12 @@ class ShardedAdamW:
             if self._is_last_micro_batch and self.max_grad_norm is None:
                 self.exp_avg.will_need(entry.slot)
                 self.exp_avg_sq.will_need(entry.slot)
+
+    def _leaving_layer(self, index: int) -> None:
+        # Gradient checkpointing recomputes the layer in the backward pass, which reads its weights again then.
+        if not self._is_in_backward:
+            for entry in self._layer_entries(index):
+                self.weights.release(entry.slot)
 
     def _prefetch_weights(self, index: int) -> None:
         for entry in self._layer_entries(index):
@@ -265,6 +297,14 @@ def _row_pieces(tensor: torch.Tensor) -> list[slice]:
         return [slice(None)]
     rows_per_piece = max(1, STEP_CHUNK_ELEMENTS // (tensor.numel() // tensor.size(0)))
     return [slice(start, start + rows_per_piece) for start in range(0, tensor.size(0), rows_per_piece)]
+
+
+def _output_weight(model: torch.nn.Module) -> Optional[torch.nn.Parameter]:
+    """The trainable weight of the model's output layer, if it has one."""
+    get_output_embeddings = getattr(model, "get_output_embeddings", None)
+    output = get_output_embeddings() if get_output_embeddings is not None else None
+    weight = getattr(output, "weight", None)
+    return weight if isinstance(weight, torch.nn.Parameter) and weight.requires_grad else None
 
 
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
