@@ -128,8 +128,8 @@ class ShardedAdamW:
     def finish_step(self) -> torch.Tensor:
         """Complete the optimizer step of the group whose last micro-batch was backpropagated; returns the gradient norm before clipping."""
         with_gradient = [entry for entry in self.entries if entry.has_gradient]
-        if not with_gradient:
-            raise RuntimeError("no parameter received a gradient in this accumulation group; nothing to step")
+        if not with_gradient:  # as clip_grad_norm_ and AdamW do: a zero norm and no step
+            return torch.tensor(0.0)
         for entry in with_gradient:
             if entry.norm is None:  # its gradient came in an earlier micro-batch only
                 entry.norm = _gradient_norm(self.gradients.view(entry.slot))
