@@ -5,6 +5,8 @@ A checkpoint is a folder ``checkpoints/step-00000042`` holding
 - ``trainable_weights.safetensors``: the trainable parameters (the adapter, or the whole model);
 - ``training_state.pt``: optimizer state, LR-scheduler state, progress and RNG states, under named keys;
 - ``config.json``: the resolved job config it was trained with;
+- with parameter sharding, copies of the shard files (``weights.f32`` and the AdamW moments), the
+  trainable weights file then being empty;
 - ``manifest.json``: size and sha256 of each file above, written last.
 
 It is written into a temporary folder, every file fsynced, then renamed into place. Only a folder
@@ -18,7 +20,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ TRAINABLE_WEIGHTS_FILENAME = "trainable_weights.safetensors"
 TRAINING_STATE_FILENAME = "training_state.pt"
 CONFIG_FILENAME = "config.json"
 MANIFEST_FILENAME = "manifest.json"
+REQUIRED_FILENAMES = (TRAINABLE_WEIGHTS_FILENAME, TRAINING_STATE_FILENAME, CONFIG_FILENAME)
 OPTIMIZER_KEY = "optimizer"
 LR_SCHEDULER_KEY = "lr_scheduler"
 PROGRESS_KEY = "progress"
@@ -52,6 +55,8 @@ class CheckpointContents:
     progress: TrainingProgress
     rng_state: dict[str, Any]
     config: dict[str, Any]
+    # Files copied as they are (sharded weights and optimizer moments), by their name in the checkpoint.
+    shard_files: dict[str, Path] = field(default_factory=dict)
 
 
 def checkpoint_name(step: int) -> str:
@@ -106,8 +111,10 @@ def write_checkpoint(checkpoints_dir: Path, contents: CheckpointContents) -> Pat
         temporary / TRAINING_STATE_FILENAME,
     )
     (temporary / CONFIG_FILENAME).write_text(json.dumps(contents.config, indent=2, sort_keys=True) + "\n")
+    for filename, source in contents.shard_files.items():
+        shutil.copyfile(source, temporary / filename)  # streamed by the kernel, never whole in memory
     files = {}
-    for filename in (TRAINABLE_WEIGHTS_FILENAME, TRAINING_STATE_FILENAME, CONFIG_FILENAME):
+    for filename in (TRAINABLE_WEIGHTS_FILENAME, TRAINING_STATE_FILENAME, CONFIG_FILENAME, *contents.shard_files):
         _fsync_file(temporary / filename)
         files[filename] = {"sha256": _sha256(temporary / filename), "size": (temporary / filename).stat().st_size}
     manifest = {"version": MANIFEST_VERSION, "step": contents.progress.step, "files": files}
@@ -133,8 +140,8 @@ def verify_checkpoint(folder: Path) -> None:
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CorruptCheckpointError(f"checkpoint {folder} has no readable manifest ({error}); it was not finished") from error
-    if set(files) != {TRAINABLE_WEIGHTS_FILENAME, TRAINING_STATE_FILENAME, CONFIG_FILENAME}:
-        raise CorruptCheckpointError(f"checkpoint {folder} manifest lists {sorted(files)}, not the three checkpoint files")
+    if not set(files) >= set(REQUIRED_FILENAMES):
+        raise CorruptCheckpointError(f"checkpoint {folder} manifest lists {sorted(files)}, not all of {list(REQUIRED_FILENAMES)}")
     for filename, expected in files.items():
         path = folder / filename
         if not path.is_file():
@@ -153,7 +160,12 @@ def read_checkpoint(folder: Path) -> CheckpointContents:
         progress=TrainingProgress.from_state_dict(state[PROGRESS_KEY]),
         rng_state=state[RNG_KEY],
         config=read_checkpoint_config(folder),
+        shard_files={filename: folder / filename for filename in _manifest_files(folder) if filename not in REQUIRED_FILENAMES},
     )
+
+
+def _manifest_files(folder: Path) -> list[str]:
+    return list(json.loads((folder / MANIFEST_FILENAME).read_text())["files"])
 
 
 def read_checkpoint_config(folder: Path) -> dict[str, Any]:

@@ -24,6 +24,9 @@ from torch.utils.checkpoint import checkpoint
 from jobs.data import IGNORE_INDEX
 from mftd.memory_plan import CHUNK_LOGIT_ELEMENTS  # logit elements per chunk (64 MB in float32)
 
+# An attribute a trainable output weight may carry: a function returning a zeroed float32 tensor of its shape.
+WEIGHT_GRADIENT_ALLOCATOR = "weight_gradient_allocator"
+
 # Model families whose causal LM computes logits as ``lm_head(decoder(...).last_hidden_state)``,
 # optionally soft-capped by ``config.final_logit_softcapping``; others use the plain loss.
 CHUNKABLE_MODEL_TYPES = frozenset(
@@ -96,6 +99,16 @@ def chunked_summed_token_loss(
     return total
 
 
+def _new_weight_gradient(weight: torch.Tensor) -> torch.Tensor:
+    """A zeroed float32 tensor for the output weight's gradient, from the weight's own allocator if it has one.
+
+    Parameter sharding gives the output weight an allocator (``WEIGHT_GRADIENT_ALLOCATOR``) that maps
+    the tensor from a file, so this full-vocabulary gradient need not sit in RAM.
+    """
+    allocate = getattr(weight, WEIGHT_GRADIENT_ALLOCATOR, None)
+    return allocate() if allocate is not None else torch.zeros_like(weight, dtype=torch.float32)
+
+
 def _soft_cap(logits: torch.Tensor, softcap: Optional[float]) -> torch.Tensor:
     return logits if softcap is None else torch.tanh(logits / softcap) * softcap
 
@@ -113,7 +126,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         wants_hidden, wants_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         wants_bias = bias is not None and ctx.needs_input_grad[2]
         grad_hidden = torch.zeros_like(hidden) if wants_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if wants_weight else None
+        grad_weight = _new_weight_gradient(weight) if wants_weight else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if wants_bias else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.size(0), chunk):
@@ -152,7 +165,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         weight_dtype, bias_dtype = ctx.parameter_dtypes
         return (
             None if grad_hidden is None else grad_hidden * grad_total.to(grad_hidden.dtype),
-            None if grad_weight is None else (grad_weight * grad_total).to(weight_dtype),
+            # In place: for a tied embedding autograd holds this until the input embedding's gradient arrives.
+            None if grad_weight is None else grad_weight.mul_(grad_total).to(weight_dtype),
             None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype),
             None,
             None,

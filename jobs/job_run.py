@@ -46,6 +46,7 @@ from mftd.memory_plan import MemoryPlan, ModelShape, does_not_fit_message, plan_
 from jobs.optimization import build_lr_scheduler, build_optimizer
 from jobs.reporting import JobReporter
 from jobs.resolved_config import ResolvedJobConfig, resolve_config, write_resolved_config
+from jobs.sharding import ShardedAdamW
 from jobs.stop import StopSignal
 from jobs.throttle import ThrottleFile
 from jobs.training import LoopEnd, StepReport, train
@@ -68,6 +69,8 @@ FIELDS_THAT_DO_NOT_CHANGE_TRAINING = frozenset(
 # The memory plan's split of the effective batch (which is compared) and how activations are kept:
 # a run re-planned after a kill for memory resumes with another micro-batch (see _continue_position).
 FIELDS_THE_PLAN_MAY_CHANGE = frozenset({"batch_size", "grad_accum_steps", "gradient_checkpointing", "memory_budget_mb"})
+# The live shard files of a sharded run (its checkpoints hold consistent copies).
+SHARDS_DIRNAME = "shards"
 
 
 def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReporter, stop: StopSignal) -> LoopEnd:
@@ -127,9 +130,10 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
         model.named_parameters(), resolved.learning_rate, resolved.weight_decay, (resolved.adam_beta1, resolved.adam_beta2), resolved.adam_epsilon
     )
     scheduler = build_lr_scheduler(optimizer, resolved.lr_schedule, resolved.warmup_steps, resolved.total_steps)
+    sharded = _setup_sharding(model, optimizer, resolved, job_dir, reporter)
     checkpoints_dir = job_dir / CHECKPOINTS_DIRNAME
     config_json = resolved.model_dump(mode="json")
-    progress = _resume_from_newest_checkpoint(checkpoints_dir, config_json, model, optimizer, scheduler, reporter)
+    progress = _resume_from_newest_checkpoint(checkpoints_dir, config_json, model, optimizer, scheduler, reporter, sharded)
     reporter.forget_metrics_after(progress.step)
     reporter.progress(progress.step, resolved.total_steps, job.loss if progress.step else None, progress.tokens_seen)
     last_checkpoint_step = progress.step
@@ -137,9 +141,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
 
     def save_checkpoint(progress: TrainingProgress, rng_state: dict[str, Any]) -> None:
         nonlocal last_checkpoint_step
-        contents = CheckpointContents(
-            trainable_state(model), optimizer.state_dict(), scheduler.state_dict(), progress, rng_state, config_json
-        )
+        contents = _checkpoint_contents(model, optimizer, scheduler, progress, rng_state, config_json, sharded)
         folder = write_checkpoint(checkpoints_dir, contents)
         removed = prune_checkpoints(checkpoints_dir, resolved.keep_checkpoints)
         reporter.checkpoints_changed(folder, progress.step, folder_size_bytes(folder), removed)
@@ -169,16 +171,18 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
     )
     outcome = train(
         model, optimizer, scheduler, batches, progress, resolved.total_steps, resolved.grad_accum_steps,
-        resolved.max_grad_norm, stop.is_requested, on_step,
+        resolved.max_grad_norm, stop.is_requested, on_step, stepper=sharded,
     )
     _report_peak_memory(reporter, plan)
     if outcome.end == LoopEnd.STOPPED:
         if outcome.progress.step > last_checkpoint_step:
             save_checkpoint(outcome.progress, outcome.rng_state)
         reporter.event(f"stopped at step {outcome.progress.step} of {resolved.total_steps} ({stop.reason})", data={"step": outcome.progress.step})
+        _close_sharding(sharded)
         return LoopEnd.STOPPED
     chat_template = FALLBACK_CHAT_TEMPLATE if dataset.used_fallback_chat_template else None
     artifacts_dir = save_artifacts(model, tokenizer, job_dir, resolved.method, chat_template)
+    _close_sharding(sharded)
     reporter.event("artifacts saved", kind="artifacts", data={"path": str(artifacts_dir), "step": outcome.progress.step})
     return LoopEnd.COMPLETED
 
@@ -303,6 +307,7 @@ def _resume_from_newest_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     reporter: JobReporter,
+    sharded: Optional[ShardedAdamW] = None,
 ) -> TrainingProgress:
     """Restore the newest checkpoint that verifies and was trained with this config; a fresh start if none.
 
@@ -326,8 +331,7 @@ def _resume_from_newest_checkpoint(
             )
             unusable.append(folder)
             continue
-        load_trainable_state(model, contents.trainable_weights)
-        optimizer.load_state_dict(contents.optimizer_state)
+        _restore_weights_and_optimizer(contents, model, optimizer, sharded)
         scheduler.load_state_dict(contents.lr_scheduler_state)
         restore_rng_state(contents.rng_state)
         reporter.event(f"resumed from step {position.step}", kind="checkpoint", data=position.state_dict())
@@ -364,3 +368,53 @@ def _why_not_resumable(folder: Path, config_json: dict[str, Any]) -> Optional[st
     if changed:
         return f"it was trained with a different config (changed: {', '.join(changed)})"
     return None
+
+
+def _setup_sharding(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: ResolvedJobConfig, job_dir: Path, reporter: JobReporter
+) -> Optional[ShardedAdamW]:
+    """With parameter sharding on, move the weights and AdamW state into shard files under the job folder."""
+    if not config.parameter_sharding:
+        return None
+    sharded = ShardedAdamW(model, optimizer, job_dir / SHARDS_DIRNAME, config.max_grad_norm)
+    release_freed_memory()  # the loaded weights now live in the shard files
+    reporter.event(
+        "parameter sharding: weights and AdamW state in memory-mapped files, "
+        + ("optimizer step fused into the backward pass" if config.max_grad_norm is None else "stepped after the gradient norm"),
+        kind="memory",
+        data={"shard_dir": str(sharded.shard_dir)},
+    )
+    return sharded
+
+
+def _close_sharding(sharded: Optional[ShardedAdamW]) -> None:
+    """Delete the live shard files (several times the model's size on flash); checkpoints keep their own copies."""
+    if sharded is not None:
+        sharded.close()
+
+
+def _checkpoint_contents(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    progress: TrainingProgress,
+    rng_state: dict[str, Any],
+    config_json: dict[str, Any],
+    sharded: Optional[ShardedAdamW],
+) -> CheckpointContents:
+    """What a checkpoint holds: the weights and optimizer state in memory, or, sharded, copies of the shard files."""
+    if sharded is None:
+        return CheckpointContents(trainable_state(model), optimizer.state_dict(), scheduler.state_dict(), progress, rng_state, config_json)
+    return CheckpointContents(
+        {}, sharded.state_dict(), scheduler.state_dict(), progress, rng_state, config_json, shard_files=sharded.checkpoint_files()
+    )
+
+
+def _restore_weights_and_optimizer(
+    contents: CheckpointContents, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sharded: Optional[ShardedAdamW]
+) -> None:
+    if sharded is None:
+        load_trainable_state(model, contents.trainable_weights)
+        optimizer.load_state_dict(contents.optimizer_state)
+    else:
+        sharded.load(contents.optimizer_state, contents.shard_files)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from itertools import islice
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,41 @@ class LoopOutcome:
 StepCallback = Callable[[StepReport, TrainingProgress, dict[str, Any]], None]
 
 
+class Stepper(Protocol):
+    """How gradients turn into an optimizer step: the ordinary optimizer, or parameter sharding (``jobs.sharding``)."""
+
+    def backward(self, loss: torch.Tensor, is_last_micro_batch: bool) -> None:
+        """Backpropagate one micro-batch's (normalised) loss into the accumulated gradients."""
+
+    def finish_step(self) -> torch.Tensor:
+        """Clip and apply the accumulated gradients, then clear them; returns the gradient norm before clipping."""
+
+    def discard(self) -> None:
+        """Throw away a partial accumulation."""
+
+
+class OptimizerStepper:
+    """The ordinary path: autograd accumulates into ``.grad``, then ``clip_grad_norm_`` and ``optimizer.step()``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter], max_grad_norm: Optional[float]):
+        self.optimizer = optimizer
+        self.parameters = parameters
+        self.max_grad_norm = max_grad_norm
+
+    def backward(self, loss: torch.Tensor, is_last_micro_batch: bool) -> None:
+        loss.backward()
+
+    def finish_step(self) -> torch.Tensor:
+        # With max_norm=inf, clip_grad_norm_ only measures (the gradients are multiplied by exactly 1).
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm if self.max_grad_norm is not None else float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def discard(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+
 def summed_token_loss(model: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
     """Cross-entropy of next-token prediction, summed over the positions that carry loss.
 
@@ -93,6 +128,7 @@ def train(
     max_grad_norm: Optional[float],
     is_stop_requested: Callable[[], bool],
     on_step: StepCallback,
+    stepper: Optional[Stepper] = None,
 ) -> LoopOutcome:
     """Run optimizer steps until ``total_steps`` are done or a stop is requested.
 
@@ -108,33 +144,33 @@ def train(
         is_stop_requested: asked once before each micro-batch; True throws away the unfinished
             accumulation and ends the loop.
         on_step: called after every optimizer step with its report, the progress and the RNG state.
+        stepper: how gradients become steps; None is the ordinary ``OptimizerStepper`` over ``optimizer``
+            (``optimizer`` then only serves the scheduler).
 
     Returns:
         How the loop ended, with the progress and RNG state of the last completed step.
     """
     model.train()
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    if stepper is None:
+        stepper = OptimizerStepper(optimizer, [parameter for parameter in model.parameters() if parameter.requires_grad], max_grad_norm)
     progress = dataclasses.replace(progress)
     rng_state = capture_rng_state()
-    optimizer.zero_grad(set_to_none=True)
+    stepper.discard()
     while progress.step < total_steps:
         started = time.perf_counter()
         group = list(islice(batches, grad_accum_steps))
         group_loss_tokens = sum(batch.num_loss_tokens for batch in group)
         summed_loss = 0.0
-        for batch in group:
+        for index, batch in enumerate(group):
             if is_stop_requested():
-                optimizer.zero_grad(set_to_none=True)
+                stepper.discard()
                 return LoopOutcome(LoopEnd.STOPPED, progress, rng_state)
             loss = summed_token_loss(model, batch)
-            (loss / group_loss_tokens).backward()
+            stepper.backward(loss / group_loss_tokens, is_last_micro_batch=index == len(group) - 1)
             summed_loss += loss.item()
-        # With max_norm=inf, clip_grad_norm_ only measures (the gradients are multiplied by exactly 1).
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm if max_grad_norm is not None else float("inf"))
         learning_rate = scheduler.get_last_lr()[0]
-        optimizer.step()
+        grad_norm = stepper.finish_step()
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         tokens = sum(batch.num_tokens for batch in group)
         progress = TrainingProgress(
             step=progress.step + 1,

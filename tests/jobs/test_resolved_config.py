@@ -61,3 +61,8 @@ def test_resolved_config_is_saved_as_json_that_reads_back(tmp_path):
     write_resolved_config(resolved, path)
     assert ResolvedJobConfig.model_validate(json.loads(path.read_text())) == resolved
     assert not list(path.parent.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("asked, resolved", [(True, True), (False, False), (None, False)])
+def test_parameter_sharding_resolves_to_a_bool(asked, resolved):
+    assert resolve(method="full", parameter_sharding=asked).parameter_sharding is resolved
