@@ -5,8 +5,8 @@ weights, about 494M parameters) gets 3 GiB. Both trainers see the same text exam
 256 tokens, effective batch 4, AdamW (lr 1e-5, cosine, clip 1.0), seed 0, for ``--steps`` optimizer steps.
 
 - mftd runs a real full fine-tuning job through its worker (``python -m jobs.worker``), with
-  ``memory_budget_mb`` equal to the cap and ``parameter_sharding`` on, so the planner and parameter
-  sharding pick the settings (micro-batch 4 as submitted; the planner may lower it).
+  ``memory_budget_mb`` equal to the cap and nothing else about memory: the planner picks
+  micro-batch (4 as submitted, or fewer with more accumulation), checkpointing and sharding.
 - Trainer runs float32 with adamw_torch and its other defaults, micro-batch 1 with 4 accumulation
   steps: the smallest activation footprint for the same effective batch, the setting a user facing
   a memory cap would pick first.
@@ -113,10 +113,10 @@ def _create_full_job(engine, model_dir: Path, data: Path, steps: int, cap_mb: in
     from mftd.modelinfo import inspect_model_folder
     from mftd.tables import Dataset, Job, Model
 
-    # Sharding is forced on until the planner wires it in by itself; then leave it null and let the planner decide.
+    # Micro-batch, checkpointing and sharding are left to the planner: the budget is all the job says about memory.
     config = JobConfig(
         method="full", batch_size=EFFECTIVE_BATCH, grad_accum_steps=1, max_steps=steps, max_seq_len=SEQUENCE, learning_rate=LEARNING_RATE,
-        lr_schedule="cosine", max_grad_norm=1.0, seed=SEED, memory_budget_mb=cap_mb, parameter_sharding=True, num_threads=threads,
+        lr_schedule="cosine", max_grad_norm=1.0, seed=SEED, memory_budget_mb=cap_mb, num_threads=threads,
         checkpoint_every_steps=max(steps, 1), keep_checkpoints=1, log_every_steps=1, dataset_format="text",
     )
     info = inspect_model_folder(model_dir)
