@@ -310,9 +310,23 @@ def largest_fitting_sequence(shape: ModelShape, request: PlanRequest) -> Optiona
     return low
 
 
+def _relaxations(request: PlanRequest) -> list[tuple[str, PlanRequest]]:
+    """Choices the job took away from the planner, given back one at a time."""
+    relaxations = []
+    if request.method == "full" and request.parameter_sharding is False:
+        relaxations.append(("parameter_sharding true", replace(request, parameter_sharding=True)))
+    if request.method != "full" and request.base_dtype == "float32":
+        relaxations.append(("base_dtype bfloat16", replace(request, base_dtype="bfloat16")))
+    return relaxations
+
+
 def does_not_fit_message(shape: ModelShape, request: PlanRequest, plan: MemoryPlan) -> str:
     """Why a job cannot run in its budget: the smallest plan's estimate, and the largest thing that would fit."""
     message = f"the job does not fit its memory budget: the smallest plan ({plan.describe()}) is over it."
+    for setting, relaxed in _relaxations(request):
+        fitting = plan_memory(shape, relaxed)
+        if fitting.fits:
+            return message + f" It fits with {setting} ({fitting.describe()})."
     sequence = largest_fitting_sequence(shape, request)
     if sequence is not None:
         return message + f" The longest max_seq_len that fits is {sequence}; or raise memory_budget_mb to at least {plan.estimate.total:,.0f}."

@@ -79,3 +79,12 @@ def test_plan_json_has_what_the_api_and_the_daemon_read():
     assert shown["micro_batch"] * shown["grad_accum_steps"] == shown["effective_batch"] == 4
     assert shown["estimate_mb"] == round(sum(shown["estimate"].values()), 1) or abs(shown["estimate_mb"] - sum(shown["estimate"].values())) < 1
     assert shown["fits"] and shown["budget_mb"] == 100_000
+
+
+def test_a_choice_the_job_took_from_the_planner_is_named_when_it_would_fit():
+    full = PlanRequest(method="full", base_dtype=None, lora_rank=8, batch_size=1, grad_accum_steps=4, sequence=256,
+                       gradient_checkpointing=True, parameter_sharding=False, budget_mb=3072)
+    message = does_not_fit_message(QWEN05B, full, plan_memory(QWEN05B, full))
+    assert "It fits with parameter_sharding true (" in message
+    lora = replace(LORA, base_dtype="float32", budget_mb=budget_for(SMOLLM2, 1, True, "bfloat16"))
+    assert "It fits with base_dtype bfloat16 (" in does_not_fit_message(SMOLLM2, lora, plan_memory(SMOLLM2, lora))
