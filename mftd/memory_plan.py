@@ -30,8 +30,11 @@ CHUNK_LOGIT_ELEMENTS = 16 * 1024 * 1024
 RUNTIME_MB = 400.0
 RUNTIME_BYTES_PER_VOCABULARY_ENTRY = 700  # the tokenizer's tables and the embedding's bookkeeping
 # Floats kept per token and layer without checkpointing: about this many hidden-sized and
-# intermediate-sized tensors, plus one attention row per head.
+# intermediate-sized tensors, plus one attention row per head. The hidden-sized ones are float32
+# whatever the base dtype (the RMS norms compute in float32); Gemma 2 and 3 have four norms per
+# layer and norms on queries and keys, so about twice as many.
 HIDDEN_TENSORS_PER_LAYER = 6
+HIDDEN_TENSORS_PER_LAYER_BY_MODEL_TYPE = {"gemma2": 12, "gemma3": 12, "gemma3_text": 12}
 INTERMEDIATE_TENSORS_PER_LAYER = 4
 # Copies of a chunk of float logits alive at once (logits, log-probabilities, their gradient, casts).
 LOGIT_CHUNK_COPIES = 3
@@ -53,6 +56,7 @@ class ModelShape:
     num_layers: int
     num_attention_heads: int
     vocab_size: int
+    model_type: str = ""
 
     @classmethod
     def from_config_dict(cls, config: dict[str, Any], parameters: Optional[int] = None) -> "ModelShape":
@@ -80,7 +84,7 @@ class ModelShape:
             per_layer = 4 * hidden * hidden + 3 * hidden * intermediate
             tied = getattr(text, "tie_word_embeddings", True)
             parameters = layers * per_layer + vocab * hidden * (1 if tied else 2)
-        return cls(parameters, hidden, intermediate, layers, heads, vocab)
+        return cls(parameters, hidden, intermediate, layers, heads, vocab, getattr(text, "model_type", "") or "")
 
 
 @dataclass(frozen=True)
@@ -152,8 +156,9 @@ def estimate_peak(
         gradients = (SHARDED_EMBEDDING_GRADIENTS * embedding + layer) * 4 / MB
         optimizer = SHARDED_OPTIMIZER_WORKING_MB
     tokens = micro_batch * sequence
-    per_layer = tokens * activation_bytes * (
-        HIDDEN_TENSORS_PER_LAYER * shape.hidden_size + INTERMEDIATE_TENSORS_PER_LAYER * shape.intermediate_size
+    hidden_tensors = HIDDEN_TENSORS_PER_LAYER_BY_MODEL_TYPE.get(shape.model_type, HIDDEN_TENSORS_PER_LAYER)
+    per_layer = tokens * (
+        hidden_tensors * shape.hidden_size * 4 + INTERMEDIATE_TENSORS_PER_LAYER * shape.intermediate_size * activation_bytes
     ) + micro_batch * shape.num_attention_heads * sequence * sequence * 4
     if gradient_checkpointing:
         activations = shape.num_layers * tokens * shape.hidden_size * activation_bytes + per_layer
