@@ -5,10 +5,18 @@ of the micro-batch at once, and autograd keeps them (and their softmax) until th
 Gemma 3's 262,144-token vocabulary that is 1 GB per copy at batch 4 x 256 tokens. Here the decoder
 gives the last hidden states, only the positions that carry loss are kept, and the output layer and
 the cross-entropy run over chunks of them. For a plain linear output layer, each chunk's gradient with
-respect to its hidden states (and to the output weight, if that trains) is worked out right away in
-the forward pass and the chunk's logits are dropped; the backward pass only scales it by the
-incoming gradient, so nothing is computed twice. An output layer that is not a plain ``nn.Linear``
-(a LoRA-wrapped ``lm_head``) goes through ``torch.utils.checkpoint`` per chunk instead.
+respect to its hidden states is worked out right away in the forward pass and the chunk's logits are
+dropped; the backward pass only scales it by the incoming gradient. An output layer that is not a
+plain ``nn.Linear`` (a LoRA-wrapped ``lm_head``) goes through ``torch.utils.checkpoint`` per chunk instead.
+
+A trained output weight gets its gradient in the backward pass, in blocks of vocabulary rows: each
+block's logits for all positions are computed again (the forward pass keeps each position's
+log-normaliser), turned into their gradient, and ``block_gradient.T @ hidden`` is added into the
+weight's gradient target (``jobs.gradient_sink``), so no [vocabulary, hidden] temporary is made. The
+input embedding's lookup then adds only its rows there, so a tied embedding's gradient is built in
+place. This costs one more logits matmul per micro-batch than forming the weight's gradient in the
+forward pass, which needs the incoming gradient's scale before it is known, or a full-size tensor
+to hold the gradient until then.
 
 The sum equals the plain loss up to float summation order, and so do the gradients.
 """
@@ -22,10 +30,11 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from jobs.data import IGNORE_INDEX
+from jobs.gradient_sink import can_embed, embed, gradient_target, release_rows
 from mftd.memory_plan import CHUNK_LOGIT_ELEMENTS  # logit elements per chunk (64 MB in float32)
 
-# An attribute a trainable output weight may carry: a function returning a zeroed float32 tensor of its shape.
-WEIGHT_GRADIENT_ALLOCATOR = "weight_gradient_allocator"
+# Output-weight gradient rows formed at once in the backward pass (16 MB of float32).
+WEIGHT_BLOCK_ELEMENTS = 1 << 22
 
 # Model families whose causal LM computes logits as ``lm_head(decoder(...).last_hidden_state)``,
 # optionally soft-capped by ``config.final_logit_softcapping``; others use the plain loss.
@@ -78,16 +87,24 @@ def chunked_summed_token_loss(
         The summed loss, a float32 scalar that backpropagates into the model.
     """
     causal_lm = causal_lm_of(model)
-    hidden = causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    lm_head = causal_lm.get_output_embeddings()
+    is_linear_head = type(lm_head) is torch.nn.Linear
+    embedding = causal_lm.get_input_embeddings()
+    # Only beside a linear head: a tied weight must not get part of its gradient from autograd.
+    if is_linear_head and can_embed(embedding):
+        inputs = {"inputs_embeds": embed(embedding, input_ids)}
+    else:
+        inputs = {"input_ids": input_ids}
+    hidden = causal_lm.base_model(**inputs, attention_mask=attention_mask, use_cache=False).last_hidden_state
     targets = labels[:, 1:].reshape(-1)
     carries_loss = targets != IGNORE_INDEX
     hidden = hidden[:, :-1].reshape(-1, hidden.size(-1))[carries_loss]
     targets = targets[carries_loss]
-    lm_head = causal_lm.get_output_embeddings()
     softcap: Optional[float] = getattr(causal_lm.config, "final_logit_softcapping", None)
     chunk = chunk_positions(lm_head.out_features if hasattr(lm_head, "out_features") else causal_lm.config.vocab_size, chunk_logit_elements)
-    if type(lm_head) is torch.nn.Linear:
-        return _LinearCrossEntropy.apply(hidden, lm_head.weight, lm_head.bias, targets, softcap, chunk)
+    if is_linear_head:
+        rows_per_block = max(1, min(chunk_logit_elements // max(1, hidden.size(0)), WEIGHT_BLOCK_ELEMENTS // hidden.size(1)))
+        return _LinearCrossEntropy.apply(hidden, lm_head.weight, lm_head.bias, targets, softcap, chunk, rows_per_block)
     total = hidden.new_zeros((), dtype=torch.float32)
     needs_graph = torch.is_grad_enabled()
     for start in range(0, hidden.size(0), chunk):
@@ -97,16 +114,6 @@ def chunked_summed_token_loss(
         else:
             total = total + _module_chunk_loss(lm_head, softcap, *arguments)
     return total
-
-
-def _new_weight_gradient(weight: torch.Tensor) -> torch.Tensor:
-    """A zeroed float32 tensor for the output weight's gradient, from the weight's own allocator if it has one.
-
-    Parameter sharding gives the output weight an allocator (``WEIGHT_GRADIENT_ALLOCATOR``) that maps
-    the tensor from a file, so this full-vocabulary gradient need not sit in RAM.
-    """
-    allocate = getattr(weight, WEIGHT_GRADIENT_ALLOCATOR, None)
-    return allocate() if allocate is not None else torch.zeros_like(weight, dtype=torch.float32)
 
 
 def _soft_cap(logits: torch.Tensor, softcap: Optional[float]) -> torch.Tensor:
@@ -119,15 +126,15 @@ def _module_chunk_loss(lm_head: torch.nn.Module, softcap: Optional[float], hidde
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of ``hidden @ weight.T (+ bias)``, whose gradients are found chunk by chunk in the forward pass."""
+    """Summed cross-entropy of ``hidden @ weight.T (+ bias)``: chunks of positions forward, blocks of vocabulary rows for the weight."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, softcap, chunk):  # noqa: D401 - autograd signature
+    def forward(ctx, hidden, weight, bias, targets, softcap, chunk, rows_per_block):  # noqa: D401 - autograd signature
         wants_hidden, wants_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         wants_bias = bias is not None and ctx.needs_input_grad[2]
         grad_hidden = torch.zeros_like(hidden) if wants_hidden else None
-        grad_weight = _new_weight_gradient(weight) if wants_weight else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if wants_bias else None
+        log_normalizers = hidden.new_empty(hidden.size(0), dtype=torch.float32) if wants_weight else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.size(0), chunk):
             part, part_targets = hidden[start : start + chunk], targets[start : start + chunk]
@@ -135,10 +142,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             logits = _soft_cap(raw, softcap).float()
             if softcap is None:
                 del raw
+            if wants_weight:
+                log_normalizers[start : start + chunk] = torch.logsumexp(logits, dim=-1)
             log_probabilities = torch.log_softmax(logits, dim=-1)
             del logits
             total += -log_probabilities.gather(1, part_targets.unsqueeze(1)).sum()
-            if not (wants_hidden or wants_weight or wants_bias):
+            if not (wants_hidden or wants_bias):
                 continue
             # d(summed loss)/d(logits) = softmax - one_hot(target), built in place of the log-probabilities.
             grad_logits = log_probabilities.exp_()
@@ -150,25 +159,48 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_logits = grad_logits.to(weight.dtype)
             if wants_hidden:
                 grad_hidden[start : start + chunk] = grad_logits @ weight
-            if wants_weight:
-                grad_weight += (grad_logits.t() @ part).float()
             if wants_bias:
                 grad_bias += grad_logits.float().sum(dim=0)
             del grad_logits
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
-        ctx.parameter_dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        ctx.save_for_backward(grad_hidden, grad_bias, hidden if wants_weight else None, targets, log_normalizers)
+        # The weight itself, not a saved copy: its gradient goes into its own gradient target.
+        ctx.weight, ctx.bias = weight, bias
+        ctx.softcap, ctx.rows_per_block, ctx.wants_weight = softcap, rows_per_block, wants_weight
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        weight_dtype, bias_dtype = ctx.parameter_dtypes
+        grad_hidden, grad_bias, hidden, targets, log_normalizers = ctx.saved_tensors
+        if ctx.wants_weight:
+            _add_weight_gradient(hidden, ctx.weight, ctx.bias, targets, log_normalizers, ctx.softcap, grad_total, ctx.rows_per_block)
         return (
             None if grad_hidden is None else grad_hidden * grad_total.to(grad_hidden.dtype),
-            # In place: for a tied embedding autograd holds this until the input embedding's gradient arrives.
-            None if grad_weight is None else grad_weight.mul_(grad_total).to(weight_dtype),
-            None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype),
+            None,  # added into the weight's gradient target above
+            None if grad_bias is None else (grad_bias * grad_total).to(ctx.bias.dtype),
+            None,
             None,
             None,
             None,
         )
+
+
+def _add_weight_gradient(hidden, weight, bias, targets, log_normalizers, softcap, grad_total, rows_per_block) -> None:
+    """Add ``grad_total`` times the summed loss's gradient with respect to ``weight`` into its gradient target, block by block of rows."""
+    target = gradient_target(weight)
+    positions = torch.arange(hidden.size(0), device=hidden.device)
+    scale = grad_total.to(weight.dtype)
+    for start in range(0, weight.size(0), rows_per_block):
+        rows = slice(start, start + rows_per_block)
+        raw = F.linear(hidden, weight[rows], None if bias is None else bias[rows])
+        logits = _soft_cap(raw, softcap).float()
+        # softmax - one_hot(target) for this block's columns, in place of the logits.
+        grad_logits = logits.sub_(log_normalizers.unsqueeze(1)).exp_()
+        in_block = (targets >= start) & (targets < start + rows_per_block)
+        grad_logits[positions[in_block], targets[in_block] - start] -= 1.0
+        if softcap is not None:
+            grad_logits *= 1.0 - torch.tanh(raw.float() / softcap) ** 2
+        del raw, logits
+        grad_logits = grad_logits.to(weight.dtype).mul_(scale)
+        target[rows].add_(grad_logits.t() @ hidden)
+        del grad_logits
+        release_rows(weight, rows)

@@ -79,20 +79,35 @@ class MappedFile:
         """Start reading the slot's pages in the background (asynchronous readahead)."""
         self._advise(slot, MADV_WILLNEED)
 
-    def release(self, slot: Slot) -> None:
-        """Start writing the slot's dirty pages back, and take them out of this process's memory.
+    def release(self, slot: Slot, rows: slice = slice(None)) -> None:
+        """Start writing the dirty pages of the slot (or of these rows of it) back, and take them out of this process's memory.
 
         The data stays in the file (and in the page cache until the kernel needs the room): dropping a
         shared file mapping's pages keeps their contents.
         """
+        offset, numel = _row_range(slot, rows)
         if _sync_file_range is not None:
-            _sync_file_range(self._descriptor, slot.offset * ELEMENT_BYTES, slot.numel * ELEMENT_BYTES, SYNC_FILE_RANGE_WRITE)
-        self._advise(slot, MADV_DONTNEED)
+            _sync_file_range(self._descriptor, offset * ELEMENT_BYTES, numel * ELEMENT_BYTES, SYNC_FILE_RANGE_WRITE)
+        self._advise_range(offset, numel, MADV_DONTNEED)
+
+    def drop(self, slot: Slot, rows: slice = slice(None)) -> None:
+        """Take the pages of these rows out of this process's memory without starting to write them (they will be discarded)."""
+        self._advise_range(*_row_range(slot, rows), MADV_DONTNEED)
 
     def discard(self, slot: Slot) -> None:
         """Throw the slot's contents away (it reads as zeros afterwards) without writing it to flash."""
         if not self._advise(slot, MADV_REMOVE, check=False):
             self._advise(slot, MADV_DONTNEED)
+
+    def zero(self, slot: Slot) -> None:
+        """Make the slot read as zeros: punch its pages out of the file, or write zeros where the file system cannot."""
+        if self._advise(slot, MADV_REMOVE, check=False):
+            return
+        view = self.view(slot).view(-1)
+        piece = COPY_CHUNK_BYTES // ELEMENT_BYTES
+        for start in range(0, view.numel(), piece):
+            view[start : start + piece].zero_()
+            self.release(Slot(slot.offset + start, min(piece, slot.numel - start), (min(piece, slot.numel - start),)))
 
     def copy_from(self, source: Path) -> None:
         """Overwrite the whole file with ``source`` (same length) in place, so the mapping stays valid."""
@@ -107,6 +122,16 @@ class MappedFile:
 
     def close(self) -> None:
         os.close(self._descriptor)
+
+    def _advise_range(self, offset: int, numel: int, advice: int) -> None:
+        """``madvise`` over the pages that hold these elements, partial pages at the ends included (never for MADV_REMOVE)."""
+        page = mmap.PAGESIZE
+        first = self.flat.data_ptr() + offset * ELEMENT_BYTES
+        start = first - first % page
+        length = math.ceil((first + numel * ELEMENT_BYTES - start) / page) * page
+        if numel and _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), advice) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"madvise({advice}) on {self.path.name} failed: {os.strerror(code)}")
 
     def _advise(self, slot: Slot, advice: int, check: bool = True) -> bool:
         start, length = self._page_range(slot)
@@ -127,3 +152,11 @@ class MappedFile:
         start = self.flat.data_ptr() + slot.offset * ELEMENT_BYTES
         length = math.ceil(slot.numel * ELEMENT_BYTES / page) * page
         return start, length
+
+
+def _row_range(slot: Slot, rows: slice) -> tuple[int, int]:
+    """The element offset and count of ``rows`` (a step-1 slice of the first dimension) of the slot's tensor."""
+    num_rows = slot.shape[0] if slot.shape else 1
+    start, stop, _step = rows.indices(num_rows)
+    row_elements = slot.numel // num_rows if num_rows else 0
+    return slot.offset + start * row_elements, max(0, stop - start) * row_elements

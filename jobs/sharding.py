@@ -5,7 +5,9 @@ gradient, two moments): 16 bytes a parameter, 8 GB for a 0.5B model. Here the we
 and the gradient sum of the accumulation group are slots in memory-mapped files (``shard_files``); the
 model's parameters are views onto the weight file. Each parameter's gradient is taken away from
 autograd as soon as the backward pass has made it (``register_post_accumulate_grad_hook``), added into
-its slot and freed, so the whole model's gradients never exist in RAM at once.
+its slot and freed, so the whole model's gradients never exist in RAM at once. The embeddings' gradients
+are not made by autograd at all: the chunked loss and the input lookup add theirs straight into the
+slot, a block of rows at a time (``jobs.gradient_sink``), and the slot's pages are released as they go.
 
 Without clipping, a parameter's AdamW step runs inside the backward pass of the group's last
 micro-batch, the moment its gradient is complete. With clipping, the global norm must be known
@@ -15,7 +17,8 @@ and dropped from memory; large tensors (embeddings) are stepped in chunks of row
 temporaries stay small.
 
 The results are bitwise those of ``torch.optim.AdamW`` with ``clip_grad_norm_``: the same torch
-functions on the same numbers, in the same order (the first micro-batch's gradient, then ``+=``; the
+functions on the same numbers, in the same order (the first micro-batch's gradient, then ``+=``, or
+for a weight a sink writes, zeros and then the same row-block additions into ``.grad``; the
 per-tensor norms stacked in parameter order), and AdamW's arithmetic is elementwise, so stepping a
 tensor in pieces changes no bit.
 """
@@ -30,14 +33,13 @@ from typing import Any, Optional
 import torch
 from torch.optim.adam import adam
 
-from jobs.chunked_loss import WEIGHT_GRADIENT_ALLOCATOR
-from jobs.shard_files import ELEMENT_BYTES, MappedFile, Slot, plan_slots
+from jobs.gradient_sink import GRADIENT_SINK
+from jobs.shard_files import MappedFile, Slot, plan_slots
 
 WEIGHTS_FILENAME = "weights.f32"
 EXP_AVG_FILENAME = "exp_avg.f32"
 EXP_AVG_SQ_FILENAME = "exp_avg_sq.f32"
 GRADIENTS_FILENAME = "gradients.f32"
-OUTPUT_GRADIENT_FILENAME = "output_gradient.f32"
 # What a checkpoint must copy; the gradient sums are scratch between micro-batches.
 CHECKPOINTED_FILENAMES = (WEIGHTS_FILENAME, EXP_AVG_FILENAME, EXP_AVG_SQ_FILENAME)
 STEPS_KEY = "sharded_adamw_steps"
@@ -58,6 +60,7 @@ class _Entry:
     has_gradient: bool = False
     is_stepped: bool = False
     norm: Optional[torch.Tensor] = None
+    is_written_directly: bool = False  # its sink was opened in this backward pass
 
 
 class ShardedAdamW:
@@ -104,9 +107,8 @@ class ShardedAdamW:
         for index, layer in enumerate(self.layers):
             layer.register_forward_pre_hook(lambda _module, _args, index=index: self._entering_layer(index))
             layer.register_forward_hook(lambda _module, _args, _output, index=index: self._leaving_layer(index))
-        self._output_weight = _output_weight(model)
-        if self._output_weight is not None:
-            setattr(self._output_weight, WEIGHT_GRADIENT_ALLOCATOR, self._new_output_gradient)
+        for entry in self.entries:
+            setattr(entry.parameter, GRADIENT_SINK, _SlotSink(self, entry))
         self._is_last_micro_batch = False
         self._is_in_backward = False
 
@@ -115,7 +117,7 @@ class ShardedAdamW:
     def backward(self, loss: torch.Tensor, is_last_micro_batch: bool) -> None:
         """Backpropagate one micro-batch's loss into the gradient sums (and step, on the last one without clipping)."""
         self._is_last_micro_batch = is_last_micro_batch
-        # The embeddings' weights (the output layer's, when tied) are not needed for their own gradients.
+        # Out of memory until needed: the output layer's gradient reads its weight again a block of rows at a time.
         for entry in self.entries:
             if entry.layer is None:
                 self.weights.release(entry.slot)
@@ -124,6 +126,10 @@ class ShardedAdamW:
             loss.backward()
         finally:
             self._is_in_backward = False
+        for entry in self.entries:
+            if entry.is_written_directly:
+                entry.is_written_directly = False
+                self._complete_gradient(entry)
 
     def finish_step(self) -> torch.Tensor:
         """Complete the optimizer step of the group whose last micro-batch was backpropagated; returns the gradient norm before clipping."""
@@ -150,7 +156,7 @@ class ShardedAdamW:
     def discard(self) -> None:
         """Forget the current accumulation group (a stop between micro-batches)."""
         for entry in self.entries:
-            entry.has_gradient = entry.is_stepped = False
+            entry.has_gradient = entry.is_stepped = entry.is_written_directly = False
             entry.norm = None
 
     # Checkpoints.
@@ -183,8 +189,8 @@ class ShardedAdamW:
         """Delete the live shard files (the parameters keep their mapping until they are freed)."""
         for mapped in (self.weights, self.exp_avg, self.exp_avg_sq, self.gradients):
             mapped.close()
-        if self._output_weight is not None:
-            delattr(self._output_weight, WEIGHT_GRADIENT_ALLOCATOR)
+        for entry in self.entries:
+            delattr(entry.parameter, GRADIENT_SINK)
         shutil.rmtree(self.shard_dir, ignore_errors=True)
 
     # Inside the passes.
@@ -198,6 +204,8 @@ class ShardedAdamW:
 
     def _take_gradient(self, entry: _Entry) -> None:
         gradient, entry.parameter.grad = entry.parameter.grad, None
+        if gradient is None:  # autograd had nothing for it: a sink wrote its gradient
+            return
         gradient_sum = self.gradients.view(entry.slot)
         with torch.no_grad():
             if entry.has_gradient:
@@ -206,6 +214,24 @@ class ShardedAdamW:
                 gradient_sum.copy_(gradient)
         del gradient
         entry.has_gradient = True
+        if not entry.is_written_directly:  # else more comes from a sink; completed after the backward pass
+            self._complete_gradient(entry)
+
+    def _open_gradient(self, entry: _Entry) -> torch.Tensor:
+        """The gradient slot, for a sink to add into (zeroed at the first micro-batch of a step)."""
+        if not entry.has_gradient:
+            self.gradients.zero(entry.slot)
+            entry.has_gradient = True
+        entry.is_written_directly = True
+        return self.gradients.view(entry.slot)
+
+    def _release_rows(self, entry: _Entry, rows: slice) -> None:
+        self.gradients.release(entry.slot, rows)
+        self.weights.release(entry.slot, rows)
+
+    def _complete_gradient(self, entry: _Entry) -> None:
+        """The parameter's gradient of this micro-batch is in its slot: measure and step it after the last, else release it."""
+        gradient_sum = self.gradients.view(entry.slot)
         if self._is_last_micro_batch:
             entry.norm = _gradient_norm(gradient_sum)
             if self.max_grad_norm is None:
@@ -214,20 +240,6 @@ class ShardedAdamW:
         # Needed again at the next micro-batch or the step; until then the page cache or flash holds it.
         self.gradients.release(entry.slot)
         self.weights.release(entry.slot)
-
-    def _new_output_gradient(self) -> torch.Tensor:
-        """A zeroed tensor in a fresh mapped file for the output weight's gradient (the chunked loss fills it).
-
-        With tied embeddings autograd holds it through the whole backward pass, then adds the input
-        embedding's gradient into it: a [vocabulary, hidden] float32 tensor that now lives in the page cache.
-        """
-        weight = self._output_weight
-        path = self.shard_dir / OUTPUT_GRADIENT_FILENAME
-        # A new file each time: the last micro-batch's tensor may still be mapped, which unlinking leaves valid.
-        path.unlink(missing_ok=True)
-        with path.open("wb") as file:
-            file.truncate(weight.numel() * ELEMENT_BYTES)
-        return torch.from_file(str(path), shared=True, size=weight.numel(), dtype=torch.float32).view(weight.shape)
 
     def _entering_layer(self, index: int) -> None:
         # In the backward pass, gradient checkpointing recomputes layer i just before its gradients, so the
@@ -268,8 +280,9 @@ class ShardedAdamW:
         group = self.optimizer.param_groups[entry.group_index]
         weight, gradient = entry.parameter.detach(), self.gradients.view(entry.slot)
         exp_avg, exp_avg_sq = self.exp_avg.view(entry.slot), self.exp_avg_sq.view(entry.slot)
+        pieces = _row_pieces(weight)
         with torch.no_grad():
-            for rows in _row_pieces(weight):
+            for rows in pieces:
                 if clip_coefficient is not None:
                     torch._foreach_mul_([gradient[rows]], clip_coefficient)
                 adam(
@@ -280,6 +293,10 @@ class ShardedAdamW:
                     decoupled_weight_decay=True, amsgrad=False, beta1=group["betas"][0], beta2=group["betas"][1],
                     lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
                 )
+                if len(pieces) > 1:  # an embedding: its four tensors would not fit in memory at once
+                    for mapped in (self.weights, self.exp_avg, self.exp_avg_sq):
+                        mapped.release(entry.slot, rows)
+                    self.gradients.drop(entry.slot, rows)
         self.weights.release(entry.slot)
         self.exp_avg.release(entry.slot)
         self.exp_avg_sq.release(entry.slot)
@@ -299,20 +316,25 @@ def _row_pieces(tensor: torch.Tensor) -> list[slice]:
     return [slice(start, start + rows_per_piece) for start in range(0, tensor.size(0), rows_per_piece)]
 
 
-def _output_weight(model: torch.nn.Module) -> Optional[torch.nn.Parameter]:
-    """The trainable weight of the model's output layer, if it has one."""
-    get_output_embeddings = getattr(model, "get_output_embeddings", None)
-    output = get_output_embeddings() if get_output_embeddings is not None else None
-    weight = getattr(output, "weight", None)
-    return weight if isinstance(weight, torch.nn.Parameter) and weight.requires_grad else None
-
-
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated blocks of the model: its ``ModuleList`` with the most parameters (empty if it has none)."""
     lists = [module for module in model.modules() if isinstance(module, torch.nn.ModuleList)]
     if not lists:
         return []
     return list(max(lists, key=lambda layers: sum(parameter.numel() for parameter in layers.parameters())))
+
+
+class _SlotSink:
+    """A parameter's gradient sink: its slot in the gradient file (``jobs.gradient_sink.GradientSink``)."""
+
+    def __init__(self, stepper: ShardedAdamW, entry: _Entry):
+        self._stepper, self._entry = stepper, entry
+
+    def open(self) -> torch.Tensor:
+        return self._stepper._open_gradient(self._entry)
+
+    def release_rows(self, rows: slice) -> None:
+        self._stepper._release_rows(self._entry, rows)
 
 
 def _check_parameters(named: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer, groups: dict[int, int]) -> None:

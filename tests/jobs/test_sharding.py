@@ -108,6 +108,19 @@ def test_mapped_file_keeps_released_pages_and_discards_on_request(tmp_path):
     assert MappedFile(tmp_path / "file.f32", length, create=False).view(slots[0]).sum().item() == 30.0
 
 
+def test_mapped_file_releases_rows_keeping_them_and_zeroes_a_slot(tmp_path):
+    slots, length = plan_slots([(1000, 33), (7,)])  # rows that do not fill whole pages
+    mapped = MappedFile(tmp_path / "file.f32", length, create=True)
+    mapped.view(slots[0]).copy_(torch.arange(33_000, dtype=torch.float32).view(1000, 33))
+    mapped.view(slots[1]).fill_(5.0)
+    mapped.release(slots[0], slice(10, 517))
+    mapped.drop(slots[0], slice(517, None))
+    assert torch.equal(mapped.view(slots[0]), torch.arange(33_000, dtype=torch.float32).view(1000, 33))
+    mapped.zero(slots[0])
+    assert torch.equal(mapped.view(slots[0]), torch.zeros(1000, 33))
+    assert torch.equal(mapped.view(slots[1]), torch.full((7,), 5.0))
+
+
 # Through the worker: 20 examples in micro-batches of 2, 3 per step, 8 steps, a checkpoint every 3 steps.
 JOB_CONFIG = dict(
     method="full", parameter_sharding=True, batch_size=2, grad_accum_steps=3, max_steps=8, checkpoint_every_steps=3,
