@@ -39,10 +39,10 @@ INTERMEDIATE_TENSORS_PER_LAYER = 4
 # Copies of a chunk of float logits alive at once (logits, log-probabilities, their gradient, casts).
 LOGIT_CHUNK_COPIES = 3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
-OUTPUT_GRADIENT_COPIES = 2
-# Parameter sharding: dense embedding-sized gradients alive at once (a tied embedding gets one from
-# the output projection and one from the input lookup), and AdamW's working set for a chunk of rows.
-SHARDED_EMBEDDING_GRADIENTS = 2
+# Parameter sharding keeps resident: two layers (the one at work and the one read ahead), a block of
+# the embedding's rows (its gradient is built a block at a time, the rest of it is page cache the
+# kernel can drop) and AdamW's working set for a piece of rows.
+SHARDED_BLOCK_MB = 16.0
 SHARDED_OPTIMIZER_WORKING_MB = 64.0
 
 
@@ -135,7 +135,8 @@ def estimate_peak(
         sequence: tokens per example (the longest, max_seq_len).
         gradient_checkpointing: whether layers recompute their activations in the backward pass.
         parameter_sharding: full fine-tuning with master weights and optimizer state in mapped files:
-            only the embedding and two layers (the one at work and the prefetched one) are in memory.
+            what must stay resident (two layers and a block of embedding rows); the rest of the mapped
+            weights is page cache that the kernel drops under pressure, so an uncapped run's RSS is higher.
 
     Returns:
         The estimate by part.
@@ -145,15 +146,11 @@ def estimate_peak(
     activation_bytes = 4 if is_full else DTYPE_BYTES[base_dtype]
     weights = (shape.parameters * activation_bytes + (0 if is_full else trainable * 4)) / MB
     gradients, optimizer = trainable * 4 / MB, trainable * 8 / MB
-    if is_full:
-        # The chunked loss forms the output weight's gradient in its forward pass and hands autograd a
-        # scaled copy, beside the gradient being accumulated: two more embedding-sized tensors.
-        gradients += OUTPUT_GRADIENT_COPIES * shape.vocab_size * shape.hidden_size * 4 / MB
     if is_full and parameter_sharding:
         embedding = shape.vocab_size * shape.hidden_size
         layer = max(0, shape.parameters - embedding) / shape.num_layers
-        weights = (embedding + 2 * layer) * 4 / MB
-        gradients = (SHARDED_EMBEDDING_GRADIENTS * embedding + layer) * 4 / MB
+        weights = 2 * layer * 4 / MB + SHARDED_BLOCK_MB
+        gradients = layer * 4 / MB + SHARDED_BLOCK_MB
         optimizer = SHARDED_OPTIMIZER_WORKING_MB
     tokens = micro_batch * sequence
     hidden_tensors = HIDDEN_TENSORS_PER_LAYER_BY_MODEL_TYPE.get(shape.model_type, HIDDEN_TENSORS_PER_LAYER)
