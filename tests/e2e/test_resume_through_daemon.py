@@ -13,13 +13,12 @@ import os
 import re
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from tests.e2e.daemon_process import DaemonProcess, wait_for_status
+from tests.e2e.daemon_process import DaemonProcess, wait_for_status, wait_until
 from tests.jobs.helpers import assert_same_tensors, chat_records, write_jsonl
 from tests.jobs.tiny_models import build_tiny_model
 
@@ -38,23 +37,13 @@ def _job(client, job_id: int) -> dict:
     return client.get(f"/v1/jobs/{job_id}").json()
 
 
-def _wait_for(condition, what: str, timeout: float = 180.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(STEP_POLL_SECONDS)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _running_at_step(client, job_id: int, minimum: int) -> int:
     def reached():
         job = _job(client, job_id)
         assert job["status"] not in {"succeeded", "failed", "cancelled"}, f"job ended before step {minimum}: {job}"
         return job["status"] == "running" and job["step"] >= minimum and job["step"]
 
-    return _wait_for(reached, f"job {job_id} running at step {minimum}")
+    return wait_until(reached, 180.0, f"job {job_id} running at step {minimum}", STEP_POLL_SECONDS)
 
 
 def _checkpoint_steps(client, job_id: int) -> list[int]:
@@ -108,12 +97,12 @@ def test_stopped_three_ways_through_the_daemon_equals_an_uninterrupted_run(tmp_p
 
             # 2. SIGTERM right after a checkpoint was written.
             stopped_at = _job(client, interrupted)["step"]
-            _wait_for(lambda: any(step > stopped_at for step in _checkpoint_steps(client, interrupted)), "a new checkpoint")
+            wait_until(lambda: any(step > stopped_at for step in _checkpoint_steps(client, interrupted)), 180.0, "a new checkpoint", STEP_POLL_SECONDS)
             _pause_and_resume(client, interrupted)
 
             # 3. SIGKILL between checkpoints: the daemon finds the worker dead and resumes the job by itself.
             step = _running_at_step(client, interrupted, _job(client, interrupted)["step"] + 2)
-            _wait_for(lambda: _job(client, interrupted)["step"] % CHECKPOINT_EVERY not in (0, CHECKPOINT_EVERY - 1), "a step between checkpoints")
+            wait_until(lambda: _job(client, interrupted)["step"] % CHECKPOINT_EVERY not in (0, CHECKPOINT_EVERY - 1), 180.0, "a step between checkpoints", STEP_POLL_SECONDS)
             os.kill(_worker_pid(data_dir, interrupted), signal.SIGKILL)
             job = wait_for_status(client, interrupted, {"succeeded"}, timeout=300)
             assert job["step"] == CONFIG["max_steps"]
