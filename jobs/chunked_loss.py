@@ -73,15 +73,18 @@ def chunked_summed_token_loss(
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
     chunk_logit_elements: int = CHUNK_LOGIT_ELEMENTS,
+    position_ids: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Cross-entropy of next-token prediction summed over the positions that carry loss, in chunks.
 
     Args:
         model: a causal LM for which ``is_chunkable`` holds, or a PEFT model around one.
         input_ids: (batch, sequence) token ids.
-        attention_mask: (batch, sequence), 1 for real tokens.
+        attention_mask: (batch, sequence), 1 for real tokens; not passed to the model with ``position_ids``.
         labels: (batch, sequence), ``IGNORE_INDEX`` where there is no loss (not yet shifted).
         chunk_logit_elements: about how many logits one chunk may hold.
+        position_ids: packed rows (``jobs.batches.packed_rows``): positions restarting at every example,
+            from which the model confines attention to each example.
 
     Returns:
         The summed loss, a float32 scalar that backpropagates into the model.
@@ -95,7 +98,23 @@ def chunked_summed_token_loss(
         inputs = {"inputs_embeds": embed(embedding, input_ids)}
     else:
         inputs = {"input_ids": input_ids}
-    hidden = causal_lm.base_model(**inputs, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    if position_ids is not None:
+        inputs.update(position_ids=position_ids, attention_mask=None)
+    else:
+        inputs["attention_mask"] = attention_mask
+    hidden = causal_lm.base_model(**inputs, use_cache=False).last_hidden_state
+    # Under autocast (full fine-tuning in bfloat16) the decoder's products are bfloat16, but the output
+    # layer and the cross-entropy stay in the weights' dtype: the loss is where rounding would show.
+    with torch.autocast(hidden.device.type, enabled=False):
+        head_weight = getattr(lm_head, "weight", None)
+        if head_weight is not None:
+            hidden = hidden.to(head_weight.dtype)
+        return _head_loss(causal_lm, lm_head, hidden, labels, chunk_logit_elements)
+
+
+def _head_loss(causal_lm, lm_head, hidden: torch.Tensor, labels: torch.Tensor, chunk_logit_elements: int) -> torch.Tensor:
+    """The summed loss of the decoder's last hidden states: the output layer and cross-entropy over chunks of loss positions."""
+    is_linear_head = type(lm_head) is torch.nn.Linear
     targets = labels[:, 1:].reshape(-1)
     carries_loss = targets != IGNORE_INDEX
     hidden = hidden[:, :-1].reshape(-1, hidden.size(-1))[carries_loss]

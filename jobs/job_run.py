@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
 from jobs.artifacts import save_artifacts
-from jobs.batches import micro_batches
+from jobs.batches import micro_batches, pack_examples
 from jobs.checkpoint import (
     CheckpointContents,
     checkpoint_folders,
@@ -69,6 +69,9 @@ FIELDS_THAT_DO_NOT_CHANGE_TRAINING = frozenset(
 # The memory plan's split of the effective batch (which is compared) and how activations are kept:
 # a run re-planned after a kill for memory resumes with another micro-batch (see _continue_position).
 FIELDS_THE_PLAN_MAY_CHANGE = frozenset({"batch_size", "grad_accum_steps", "gradient_checkpointing", "memory_budget_mb"})
+# Model families whose attention honours packed position ids (tests/jobs/test_packing.py shows it for each);
+# others train on padded examples.
+PACKABLE_MODEL_TYPES = frozenset({"gpt2", "qwen2", "llama", "gemma3_text"})
 # The live shard files of a sharded run (its checkpoints hold consistent copies).
 SHARDS_DIRNAME = "shards"
 
@@ -105,7 +108,8 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
             f"validation dataset: {len(validation.examples)} examples, {validation.num_tokens} tokens",
             data={"examples": len(validation.examples), "tokens": validation.num_tokens},
         )
-    plan = _plan_memory(reporter, config, job, model_row, model_config, dataset, settings)
+    rows = _pack(reporter, config, model_config.model_type, dataset)
+    plan = _plan_memory(reporter, config, job, model_row, model_config, dataset, settings, rows)
     resolved = resolve_config(
         config,
         architecture=(model_config.architectures or [type(model_config).__name__])[0],
@@ -114,6 +118,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
         num_examples=len(dataset.examples),
         default_num_threads=torch.get_num_threads(),
         plan=plan,
+        num_rows=len(rows) if rows is not None else None,
     )
     write_resolved_config(resolved, job_dir / RESOLVED_CONFIG_FILENAME)
     torch.set_num_threads(resolved.num_threads)
@@ -167,7 +172,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
             throttle.pause_after_step(report.seconds, stop.is_requested)
 
     batches = micro_batches(
-        dataset.examples, resolved.batch_size, resolved.seed, tokenizer.pad_token_id, progress.epoch, progress.batch_in_epoch
+        dataset.examples, resolved.batch_size, resolved.seed, tokenizer.pad_token_id, progress.epoch, progress.batch_in_epoch, rows
     )
     outcome = train(
         model, optimizer, scheduler, batches, progress, resolved.total_steps, resolved.grad_accum_steps,
@@ -264,19 +269,47 @@ def _build_trainable_model(model_path: Path, config: ResolvedJobConfig) -> torch
     return model
 
 
+def _pack(reporter: JobReporter, config: JobConfig, model_type: str, dataset: TokenizedDataset) -> Optional[list[list[int]]]:
+    """The examples packed into rows of max_seq_len tokens, or None when the job trains on padded single examples."""
+    if not config.packing:
+        return None
+    if model_type not in PACKABLE_MODEL_TYPES:
+        reporter.event(
+            f"examples are not packed: the {model_type} family is not among those shown to keep attention inside each packed example "
+            f"({', '.join(sorted(PACKABLE_MODEL_TYPES))}); each example is padded instead",
+            level="warning", data={"model_type": model_type},
+        )
+        return None
+    rows = pack_examples([len(example.input_ids) for example in dataset.examples], config.max_seq_len)
+    fill = dataset.num_tokens / (len(rows) * config.max_seq_len)
+    reporter.event(
+        f"packed {len(dataset.examples):,} examples into {len(rows):,} rows of up to {config.max_seq_len} tokens ({fill:.0%} full)",
+        data={"examples": len(dataset.examples), "rows": len(rows), "fill": round(fill, 4)},
+    )
+    return rows
+
+
 def _plan_memory(
-    reporter: JobReporter, config: JobConfig, job: Job, model_row: Model, model_config: Any, dataset: TokenizedDataset, settings: Settings
+    reporter: JobReporter,
+    config: JobConfig,
+    job: Job,
+    model_row: Model,
+    model_config: Any,
+    dataset: TokenizedDataset,
+    settings: Settings,
+    rows: Optional[list[list[int]]] = None,
 ) -> MemoryPlan:
     """Pick micro-batch, checkpointing, base dtype and sharding to fit the job's budget; show the plan on the job.
 
-    The plan is made for the longest example actually in the data (not max_seq_len), and never
-    above the micro-batch cap the daemon set after a kill for memory.
+    The plan is made for the longest example (or packed row) actually in the data, not
+    max_seq_len, and never above the micro-batch cap the daemon set after a kill for memory.
 
     Raises:
         JobConfigError: nothing fits the budget (the message has the estimate and what would fit).
     """
     shape = ModelShape.from_config(model_config, model_row.num_parameters or None)  # 0: not counted at registration
-    longest = max(len(example.input_ids) for example in dataset.examples)
+    lengths = [len(example.input_ids) for example in dataset.examples]
+    longest = max(sum(lengths[i] for i in row) for row in rows) if rows is not None else max(lengths)
     budget = config.memory_budget_mb or settings.default_memory_budget_mb
     request = plan_request(config, budget, min(longest, config.max_seq_len), job.micro_batch_cap)
     plan = plan_memory(shape, request)

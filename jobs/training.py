@@ -102,13 +102,13 @@ def summed_token_loss(model: torch.nn.Module, batch: MicroBatch) -> torch.Tensor
     through ``plain_summed_token_loss``.
     """
     if is_chunkable(model):
-        return chunked_summed_token_loss(model, batch.input_ids, batch.attention_mask, batch.labels)
+        return chunked_summed_token_loss(model, batch.input_ids, batch.attention_mask, batch.labels, position_ids=batch.position_ids)
     return plain_summed_token_loss(model, batch)
 
 
 def plain_summed_token_loss(model: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
     """The loss from the model's own logits for the whole micro-batch (any causal LM; the reference for the chunked loss)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    logits = model(input_ids=batch.input_ids, **batch.model_inputs(), use_cache=False).logits
     return F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.size(-1)).float(),
         batch.labels[:, 1:].reshape(-1),
@@ -129,6 +129,7 @@ def train(
     is_stop_requested: Callable[[], bool],
     on_step: StepCallback,
     stepper: Optional[Stepper] = None,
+    autocast_dtype: Optional[torch.dtype] = None,
 ) -> LoopOutcome:
     """Run optimizer steps until ``total_steps`` are done or a stop is requested.
 
@@ -146,6 +147,9 @@ def train(
         on_step: called after every optimizer step with its report, the progress and the RNG state.
         stepper: how gradients become steps; None is the ordinary ``OptimizerStepper`` over ``optimizer``
             (``optimizer`` then only serves the scheduler).
+        autocast_dtype: run the forward pass under CPU autocast to this dtype (full fine-tuning in
+            bfloat16: float32 weights, bfloat16 matrix products); None computes in the weights' dtype.
+            Autocast's weight cache is off, so a bfloat16 copy lives only as long as autograd needs it.
 
     Returns:
         How the loop ended, with the progress and RNG state of the last completed step.
@@ -165,7 +169,8 @@ def train(
             if is_stop_requested():
                 stepper.discard()
                 return LoopOutcome(LoopEnd.STOPPED, progress, rng_state)
-            loss = summed_token_loss(model, batch)
+            with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None, cache_enabled=False):
+                loss = summed_token_loss(model, batch)
             stepper.backward(loss / group_loss_tokens, is_last_micro_batch=index == len(group) - 1)
             summed_loss += loss.item()
         learning_rate = scheduler.get_last_lr()[0]

@@ -67,7 +67,13 @@ class JobConfig(BaseModel):
     base_dtype: Optional[BaseDtype] = Field(
         None,
         description="dtype of the frozen base weights of a lora or dora run; bfloat16 halves their memory. "
-        "null: float32 when the memory budget allows, else bfloat16.",
+        "null: bfloat16 where the CPU has bfloat16 instructions (faster and smaller there), else float32 when the memory budget allows, else bfloat16.",
+    )
+    compute_dtype: Optional[BaseDtype] = Field(
+        None,
+        description="Full fine-tuning only: dtype of the matrix products; bfloat16 runs them under autocast while master weights, "
+        "gradients and AdamW state stay float32 (the loss too). null: bfloat16 where the CPU has bfloat16 instructions "
+        "(x86 AVX512-BF16 or AMX, ARMv8.6 BF16), else float32. An adapter run computes in base_dtype.",
     )
     lora_rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha (the update is scaled by alpha/r).")
@@ -83,7 +89,12 @@ class JobConfig(BaseModel):
     adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
     adam_epsilon: float = Field(1e-8, gt=0, le=1e-2, description="AdamW epsilon.")
     max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Clip the gradient norm to this; null disables clipping.")
-    batch_size: int = Field(1, ge=1, le=4096, description="Examples per micro-batch; the planner may take fewer per micro-batch with more accumulation to fit memory_budget_mb (the effective batch stays).")
+    packing: bool = Field(
+        True,
+        description="Lay several examples end to end in rows of max_seq_len tokens, attention confined to each example, so that no "
+        "compute goes to padding; batch_size then counts rows. false pads every example to the longest of its micro-batch.",
+    )
+    batch_size: int = Field(1, ge=1, le=4096, description="Examples (packed rows when packing) per micro-batch; the planner may take fewer per micro-batch with more accumulation to fit memory_budget_mb (the effective batch stays).")
     grad_accum_steps: int = Field(4, ge=1, le=4096, description="Micro-batches accumulated per optimizer step (effective batch = batch_size x grad_accum_steps).")
     epochs: float = Field(1.0, gt=0, le=1000, description="Passes over the dataset (ignored when max_steps is set).")
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps.")
@@ -120,7 +131,9 @@ class JobConfig(BaseModel):
         if isinstance(self.lora_target_modules, list) and not self.lora_target_modules:
             raise ValueError("lora_target_modules is an empty list; give module names, 'all-linear', or leave it out for the default")
         if self.base_dtype == "bfloat16" and self.method not in ADAPTER_METHODS:
-            raise ValueError("base_dtype bfloat16 needs method lora or dora (full fine-tuning trains in float32)")
+            raise ValueError("base_dtype bfloat16 needs method lora or dora (full fine-tuning keeps float32 weights; set compute_dtype bfloat16 for bfloat16 matrix products)")
+        if self.compute_dtype is not None and self.method in ADAPTER_METHODS:
+            raise ValueError(f"compute_dtype applies to method full; a {self.method} run computes in base_dtype, so set base_dtype {self.compute_dtype} instead")
         if self.parameter_sharding and self.method in ADAPTER_METHODS:
             raise ValueError("parameter_sharding needs method full (an adapter run has no full-model optimizer state to shard)")
         return self

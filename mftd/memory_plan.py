@@ -123,6 +123,7 @@ def estimate_peak(
     sequence: int,
     gradient_checkpointing: bool,
     parameter_sharding: bool = False,
+    compute_dtype: str = "float32",
 ) -> MemoryEstimate:
     """The estimated peak of one training run.
 
@@ -137,13 +138,16 @@ def estimate_peak(
         parameter_sharding: full fine-tuning with master weights and optimizer state in mapped files:
             what must stay resident (two layers and a block of embedding rows); the rest of the mapped
             weights is page cache that the kernel drops under pressure, so an uncapped run's RSS is higher.
+        compute_dtype: full fine-tuning's matrix products: bfloat16 autocast keeps a bfloat16 copy of each
+            decoder weight for the backward pass (of every layer, or of the one being recomputed or worked on
+            with checkpointing or sharding), and a layer's intermediates in bfloat16.
 
     Returns:
         The estimate by part.
     """
     is_full = method == "full"
     trainable = shape.parameters if is_full else lora_parameters(shape, lora_rank)
-    activation_bytes = 4 if is_full else DTYPE_BYTES[base_dtype]
+    activation_bytes = DTYPE_BYTES[compute_dtype] if is_full else DTYPE_BYTES[base_dtype]
     weights = (shape.parameters * activation_bytes + (0 if is_full else trainable * 4)) / MB
     gradients, optimizer = trainable * 4 / MB, trainable * 8 / MB
     if is_full and parameter_sharding:
@@ -152,6 +156,11 @@ def estimate_peak(
         weights = 2 * layer * 4 / MB + SHARDED_BLOCK_MB
         gradients = layer * 4 / MB + SHARDED_BLOCK_MB
         optimizer = SHARDED_OPTIMIZER_WORKING_MB
+    if is_full and compute_dtype != "float32":
+        embedding = shape.vocab_size * shape.hidden_size
+        decoder = max(0, shape.parameters - embedding)
+        copied = decoder / shape.num_layers if (parameter_sharding or gradient_checkpointing) else decoder
+        weights += copied * DTYPE_BYTES[compute_dtype] / MB
     tokens = micro_batch * sequence
     hidden_tensors = HIDDEN_TENSORS_PER_LAYER_BY_MODEL_TYPE.get(shape.model_type, HIDDEN_TENSORS_PER_LAYER)
     per_layer = tokens * (
@@ -186,6 +195,9 @@ class PlanRequest:
     parameter_sharding: Optional[bool]
     budget_mb: float
     micro_batch_cap: Optional[int] = None
+    compute_dtype: Optional[str] = None
+    # The CPU multiplies bfloat16 fast (mftd.cpu.has_fast_bfloat16): a null base_dtype or compute_dtype then means bfloat16.
+    prefer_bfloat16: bool = False
 
     @property
     def effective_batch(self) -> int:
@@ -204,6 +216,7 @@ class MemoryPlan:
     estimate: MemoryEstimate
     budget_mb: float
     sequence: int
+    compute_dtype: str = "float32"
 
     @property
     def fits(self) -> bool:
@@ -215,6 +228,8 @@ class MemoryPlan:
             settings.append("gradient checkpointing")
         if self.base_dtype != "float32":
             settings.append(f"{self.base_dtype} base")
+        elif self.compute_dtype != "float32":
+            settings.append(f"{self.compute_dtype} compute")
         if self.parameter_sharding:
             settings.append("parameter sharding")
         return f"{', '.join(settings)}: {self.estimate.describe()} of a {self.budget_mb:,.0f} MB budget"
@@ -228,6 +243,7 @@ class MemoryPlan:
             "gradient_checkpointing": self.gradient_checkpointing,
             "base_dtype": self.base_dtype,
             "parameter_sharding": self.parameter_sharding,
+            "compute_dtype": self.compute_dtype,
             "sequence": self.sequence,
             "budget_mb": round(self.budget_mb, 1),
             "estimate_mb": round(self.estimate.total, 1),
@@ -236,8 +252,10 @@ class MemoryPlan:
         }
 
 
-def plan_request(config: Any, budget_mb: float, sequence: int, micro_batch_cap: Optional[int] = None) -> PlanRequest:
-    """The request of a job's ``JobConfig`` for examples of ``sequence`` tokens."""
+def plan_request(
+    config: Any, budget_mb: float, sequence: int, micro_batch_cap: Optional[int] = None, prefer_bfloat16: bool = False
+) -> PlanRequest:
+    """The request of a job's ``JobConfig`` for examples of ``sequence`` tokens, on a CPU that is fast in bfloat16 or not."""
     return PlanRequest(
         method=config.method,
         base_dtype=config.base_dtype,
@@ -249,6 +267,8 @@ def plan_request(config: Any, budget_mb: float, sequence: int, micro_batch_cap: 
         parameter_sharding=config.parameter_sharding,
         budget_mb=budget_mb,
         micro_batch_cap=micro_batch_cap,
+        compute_dtype=getattr(config, "compute_dtype", None),
+        prefer_bfloat16=prefer_bfloat16,
     )
 
 
@@ -263,14 +283,21 @@ def _candidates(request: PlanRequest) -> list[tuple[int, bool, str, bool]]:
 
     A smaller micro-batch costs least (the matrix products stay large), then recomputing
     activations (about a third more time), then a bfloat16 frozen base (rounds the base weights)
-    or parameter sharding (reads and writes flash every step).
+    or parameter sharding (reads and writes flash every step). On a CPU that is fast in bfloat16, a
+    null dtype is bfloat16 from the start: it is then both the smaller and the faster choice. For full
+    fine-tuning the dtype is the compute dtype (the master weights stay float32).
     """
     checkpointing = [True] if request.gradient_checkpointing else [False, True]
+    chosen = request.compute_dtype if request.method == "full" else request.base_dtype
+    if chosen:
+        dtypes = [chosen]
+    elif request.prefer_bfloat16:
+        dtypes = ["bfloat16"]
+    else:
+        dtypes = ["float32"] if request.method == "full" else ["float32", "bfloat16"]
     if request.method == "full":
-        dtypes = ["float32"]
         shardings = [request.parameter_sharding] if request.parameter_sharding is not None else [False, True]
     else:
-        dtypes = [request.base_dtype] if request.base_dtype else ["float32", "bfloat16"]
         shardings = [False]
     return [
         (size, checkpointed, dtype, sharded)
@@ -288,8 +315,9 @@ def plan_memory(shape: ModelShape, request: PlanRequest) -> MemoryPlan:
     """
     smallest: Optional[MemoryPlan] = None
     for size, checkpointed, dtype, sharded in _candidates(request):
-        estimate = estimate_peak(shape, request.method, dtype, request.lora_rank, size, request.sequence, checkpointed, sharded)
-        plan = MemoryPlan(size, request.effective_batch // size, checkpointed, dtype, sharded, estimate, request.budget_mb, request.sequence)
+        base, compute = ("float32", dtype) if request.method == "full" else (dtype, dtype)
+        estimate = estimate_peak(shape, request.method, base, request.lora_rank, size, request.sequence, checkpointed, sharded, compute)
+        plan = MemoryPlan(size, request.effective_batch // size, checkpointed, base, sharded, estimate, request.budget_mb, request.sequence, compute)
         if plan.fits:
             return plan
         if smallest is None or estimate.total < smallest.estimate.total:

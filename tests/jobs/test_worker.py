@@ -21,7 +21,8 @@ def error_events(engine, job_id):
 
 def test_successful_run_reports_progress_metrics_and_artifacts(tmp_path, settings, engine, tiny_model):
     dataset = write_jsonl(tmp_path / "pc.jsonl", prompt_completion_records(10))
-    job_id = create_job(engine, tiny_model(), dataset, batch_size=2, grad_accum_steps=2, epochs=2, log_every_steps=2)
+    # Unpacked, so that the step count follows from the examples: 10 examples, 2 x 2 per step, 2 epochs.
+    job_id = create_job(engine, tiny_model(), dataset, batch_size=2, grad_accum_steps=2, epochs=2, log_every_steps=2, packing=False)
     assert run_worker(job_id, settings, StopSignal()) == EXIT_SUCCEEDED
 
     messages = [event.message for event in job_events(engine, job_id)]
@@ -40,6 +41,21 @@ def test_successful_run_reports_progress_metrics_and_artifacts(tmp_path, setting
     assert [metric.step for metric in metrics] == [2, 4, 5]  # every log_every_steps, and the last step
     assert all(m.loss > 0 and m.learning_rate > 0 and m.grad_norm > 0 and m.tokens > 0 and m.tokens_per_second > 0 and m.rss_mb > 10 for m in metrics)
     assert (settings.job_dir(job_id) / ADAPTER_DIRNAME / "adapter_model.safetensors").is_file()
+
+
+def test_packed_examples_count_rows_for_the_steps(tmp_path, settings, engine, tiny_model):
+    dataset = write_jsonl(tmp_path / "text.jsonl", text_records(12))
+    job_id = create_job(engine, tiny_model(), dataset, batch_size=2, grad_accum_steps=1, max_seq_len=24)
+    assert run_worker(job_id, settings, StopSignal()) == EXIT_SUCCEEDED
+    resolved = json.loads((settings.job_dir(job_id) / RESOLVED_CONFIG_FILENAME).read_text())
+    assert resolved["packing"] is True and 1 <= resolved["num_rows"] < 12
+    assert resolved["total_steps"] == resolved["batches_per_epoch"] == -(-resolved["num_rows"] // 2)
+    packed = [event.message for event in job_events(engine, job_id) if event.message.startswith("packed ")]
+    assert packed == [f"packed 12 examples into {resolved['num_rows']} rows of up to 24 tokens ({packed[0].split('(')[1]}"]
+    with new_session(engine) as session:
+        tokens = sum(metric.tokens for metric in session.exec(select(Metric).where(Metric.job_id == job_id)).all())
+    [dataset_event] = [event for event in job_events(engine, job_id) if event.message.startswith("dataset: ")]
+    assert tokens == json.loads(dataset_event.data_json)["tokens"], "one epoch: every example's tokens, once, no padding counted"
 
 
 def test_text_dataset_with_full_fine_tuning_and_gradient_checkpointing(tmp_path, settings, engine, tiny_model):
