@@ -27,6 +27,7 @@ from jobs.checkpoint import (
     verify_checkpoint,
     write_checkpoint,
 )
+from jobs.cores import use_cores
 from jobs.data import FALLBACK_CHAT_TEMPLATE, TokenizedDataset, tokenize_dataset
 from jobs.errors import CorruptCheckpointError, DatasetNotUsableError, JobConfigError, JobNotFoundError
 from jobs.evaluation import evaluate
@@ -51,6 +52,7 @@ from jobs.stop import StopSignal
 from jobs.throttle import ThrottleFile
 from jobs.training import LoopEnd, StepReport, train
 from jobs.training_state import TrainingProgress, restore_rng_state, seed_everything
+from mftd.cpu import default_num_threads
 from mftd.db import new_session
 from mftd.errors import NotFoundError
 from mftd.jobconfig import ADAPTER_METHODS, JobConfig
@@ -116,12 +118,12 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
         model_type=model_config.model_type,
         dataset_format=dataset.dataset_format,
         num_examples=len(dataset.examples),
-        default_num_threads=torch.get_num_threads(),
+        default_num_threads=default_num_threads(),
         plan=plan,
         num_rows=len(rows) if rows is not None else None,
     )
     write_resolved_config(resolved, job_dir / RESOLVED_CONFIG_FILENAME)
-    torch.set_num_threads(resolved.num_threads)
+    use_cores(resolved.num_threads, reporter)
 
     reporter.event("loading model", data={"path": str(model_path)})
     model = _build_trainable_model(model_path, resolved)

@@ -121,7 +121,7 @@ class JobConfig(BaseModel):
         description="Full fine-tuning only: keep fp32 master weights and AdamW state in memory-mapped files, one layer in memory at a time, "
         "with the optimizer step fused into the backward pass. null lets the planner decide (on when the budget needs it).",
     )
-    num_threads: Optional[int] = Field(None, ge=1, le=256, description="CPU threads for training (default: all cores).")
+    num_threads: Optional[int] = Field(None, ge=1, le=256, description="CPU threads for training (default: one per performance core; more than that also uses the slower cores).")
     constraints: JobConstraints = Field(
         default_factory=JobConstraints, description="When the device may train this job; fields left null use the daemon's defaults."
     )

@@ -28,8 +28,9 @@ def test_successful_run_reports_progress_metrics_and_artifacts(tmp_path, setting
     messages = [event.message for event in job_events(engine, job_id)]
     assert messages[0].startswith("dataset: 10 examples, ") and messages[0].endswith(" tokens, 0 truncated")
     assert messages[1].startswith("memory plan: micro-batch 2 x 2: estimate ")
-    assert messages[2] == "loading model"
-    assert messages[3].startswith("model loaded (") and " trainable)" in messages[3]
+    assert messages[2].startswith("threads: ")
+    assert messages[3] == "loading model"
+    assert messages[4].startswith("model loaded (") and " trainable)" in messages[4]
     assert messages[-1] == "artifacts saved"
     resolved = json.loads((settings.job_dir(job_id) / RESOLVED_CONFIG_FILENAME).read_text())
     assert resolved["total_steps"] == 5 and resolved["lora_target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
