@@ -44,6 +44,7 @@ from jobs.model_setup import (
     trainable_state,
 )
 from mftd.memory_plan import MemoryPlan, ModelShape, does_not_fit_message, plan_memory, plan_request
+from jobs.precision import bfloat16_matmul_problem
 from jobs.optimization import build_lr_scheduler, build_optimizer
 from jobs.reporting import JobReporter
 from jobs.resolved_config import ResolvedJobConfig, resolve_config, write_resolved_config
@@ -179,6 +180,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
     outcome = train(
         model, optimizer, scheduler, batches, progress, resolved.total_steps, resolved.grad_accum_steps,
         resolved.max_grad_norm, stop.is_requested, on_step, stepper=sharded,
+        autocast_dtype=torch.bfloat16 if resolved.method == "full" and resolved.compute_dtype == "bfloat16" else None,
     )
     _report_peak_memory(reporter, plan)
     if outcome.end == LoopEnd.STOPPED:
@@ -313,7 +315,11 @@ def _plan_memory(
     lengths = [len(example.input_ids) for example in dataset.examples]
     longest = max(sum(lengths[i] for i in row) for row in rows) if rows is not None else max(lengths)
     budget = config.memory_budget_mb or settings.default_memory_budget_mb
-    request = plan_request(config, budget, min(longest, config.max_seq_len), job.micro_batch_cap)
+    slow_bfloat16 = bfloat16_matmul_problem()
+    asked = config.compute_dtype if config.method == "full" else config.base_dtype
+    if asked == "bfloat16" and slow_bfloat16:
+        reporter.event(f"the job asks for bfloat16, which will be slow here: {slow_bfloat16}", level="warning", kind="memory")
+    request = plan_request(config, budget, min(longest, config.max_seq_len), job.micro_batch_cap, prefer_bfloat16=slow_bfloat16 is None)
     plan = plan_memory(shape, request)
     reporter.memory_plan(plan.to_json())
     if not plan.fits:

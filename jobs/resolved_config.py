@@ -35,6 +35,7 @@ class ResolvedJobConfig(JobConfig):
     batches_per_epoch: int = Field(ge=1, description="Batches of the submitted batch_size (examples, or packed rows) in one pass over the data.")
     total_steps: int = Field(ge=1, description="Optimizer steps in the whole run (max_steps, or epochs of micro-batches).")
     base_dtype: Literal["float32", "bfloat16"] = Field(description="dtype of the frozen base, as planned.")
+    compute_dtype: Literal["float32", "bfloat16"] = Field(description="dtype of the matrix products, as planned (an adapter run's is its base dtype).")
     parameter_sharding: bool = Field(description="Whether master weights and optimizer state live in memory-mapped files, as planned.")
     memory_budget_mb: int = Field(ge=1, description="The peak memory the run was planned for.")
     effective_batch: int = Field(ge=1, description="Examples (packed rows when packing) per optimizer step; batch_size and grad_accum_steps are the planned split of it.")
@@ -80,12 +81,13 @@ def resolve_config(
     return ResolvedJobConfig(
         **config.model_dump(
             exclude={"lora_target_modules", "dataset_format", "num_threads", "batch_size", "grad_accum_steps", "gradient_checkpointing",
-                     "base_dtype", "parameter_sharding", "memory_budget_mb", "packing"}
+                     "base_dtype", "parameter_sharding", "memory_budget_mb", "packing", "compute_dtype"}
         ),
         batch_size=plan.micro_batch,
         grad_accum_steps=plan.grad_accum_steps,
         gradient_checkpointing=plan.gradient_checkpointing,
         base_dtype=plan.base_dtype,
+        compute_dtype=plan.compute_dtype,
         parameter_sharding=plan.parameter_sharding,
         memory_budget_mb=int(plan.budget_mb),
         effective_batch=config.batch_size * config.grad_accum_steps,

@@ -148,7 +148,7 @@ def estimate_peak(
     is_full = method == "full"
     trainable = shape.parameters if is_full else lora_parameters(shape, lora_rank)
     activation_bytes = DTYPE_BYTES[compute_dtype] if is_full else DTYPE_BYTES[base_dtype]
-    weights = (shape.parameters * activation_bytes + (0 if is_full else trainable * 4)) / MB
+    weights = (shape.parameters * (4 if is_full else DTYPE_BYTES[base_dtype]) + (0 if is_full else trainable * 4)) / MB
     gradients, optimizer = trainable * 4 / MB, trainable * 8 / MB
     if is_full and parameter_sharding:
         embedding = shape.vocab_size * shape.hidden_size

@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 
 from mftd.errors import ConflictError, InvalidValueError, NotFoundError
 from mftd.jobconfig import JobConfig
+from mftd.cpu import has_fast_bfloat16
 from mftd.memory_plan import MemoryPlan, ModelShape, does_not_fit_message, plan_memory, plan_request
 from mftd.modelinfo import CONFIG_FILENAME
 from mftd.registry.lookup import Reference, get_row, resolve
@@ -100,7 +101,9 @@ def _plan_memory(config: JobConfig, model: Model, settings: Settings) -> Optiona
         shape = ModelShape.from_config_dict(model_config, model.num_parameters or None)
     except ValueError:
         return None
-    request = plan_request(config, config.memory_budget_mb or settings.default_memory_budget_mb, config.max_seq_len)
+    request = plan_request(
+        config, config.memory_budget_mb or settings.default_memory_budget_mb, config.max_seq_len, prefer_bfloat16=has_fast_bfloat16()
+    )
     plan = plan_memory(shape, request)
     if not plan.fits:
         raise InvalidValueError("memory_budget_mb", does_not_fit_message(shape, request, plan))

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+import torch
+
+from jobs.batches import micro_batches
+from jobs.data import TokenizedExample
+from jobs.model_setup import load_model
 from jobs.precision import bfloat16_matmul_problem, bfloat16_matmul_supported
+from jobs.stop import StopSignal
+from jobs.training import train
+from jobs.training_state import TrainingProgress
+from jobs.worker import run_worker
 from mftd.cpu import has_fast_bfloat16
+from mftd.protocol import EXIT_SUCCEEDED, RESOLVED_CONFIG_FILENAME
+from tests.jobs.helpers import create_job, final_weights, text_records, write_jsonl
 
 # Skylake-SP: AVX-512 without its BF16 extension.
 CPUINFO_WITHOUT_BF16 = """\
@@ -23,3 +37,31 @@ def test_a_cpu_without_bfloat16_instructions_falls_back_with_a_reason(tmp_path):
     cpuinfo.write_text(CPUINFO_WITHOUT_BF16)
     assert not bfloat16_matmul_supported(cpuinfo)
     assert "no bfloat16 matrix instructions" in bfloat16_matmul_problem(cpuinfo)
+
+
+def test_full_fine_tuning_runs_its_products_in_bfloat16_when_the_cpu_is_fast_and_keeps_float32_weights(tmp_path, settings, engine, tiny_model):
+    dataset = write_jsonl(tmp_path / "text.jsonl", text_records(8))
+    job_id = create_job(engine, tiny_model(), dataset, method="full", max_steps=2, batch_size=2, grad_accum_steps=1)
+    assert run_worker(job_id, settings, StopSignal()) == EXIT_SUCCEEDED
+    resolved = json.loads((settings.job_dir(job_id) / RESOLVED_CONFIG_FILENAME).read_text())
+    assert resolved["compute_dtype"] == ("bfloat16" if bfloat16_matmul_supported() else "float32")
+    assert {tensor.dtype for tensor in final_weights(settings, job_id, "full").values()} == {torch.float32}
+
+
+def test_autocast_training_multiplies_in_bfloat16_and_stays_close_to_float32(tiny_model):
+    examples = [TokenizedExample(list(range(10 + i, 40 + i)), list(range(10 + i, 40 + i))) for i in range(4)]
+    losses, seen = {}, set()
+    for dtype in (None, torch.bfloat16):
+        model = load_model(tiny_model("LlamaForCausalLM"), torch.float32).requires_grad_(True)
+        hook = model.model.layers[0].mlp.down_proj.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        reports = []
+        train(model, optimizer, scheduler, micro_batches(examples, 2, 0, 0), TrainingProgress(), 3, 2, 1.0, lambda: False,
+              lambda report, progress, rng: reports.append(report.loss), autocast_dtype=dtype)
+        hook.remove()
+        losses[dtype] = reports
+        assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
+    assert seen == {torch.float32, torch.bfloat16}
+    assert losses[torch.bfloat16] == pytest.approx(losses[None], rel=2e-2)
+    assert losses[torch.bfloat16] != losses[None]

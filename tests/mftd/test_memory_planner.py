@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from mftd.memory_plan import ModelShape, PlanRequest, does_not_fit_message, estimate_peak, largest_fitting_sequence, plan_memory
 
 SMOLLM2 = ModelShape(parameters=134_515_008, hidden_size=576, intermediate_size=1536, num_layers=30, num_attention_heads=9, vocab_size=49152)
@@ -88,3 +90,27 @@ def test_a_choice_the_job_took_from_the_planner_is_named_when_it_would_fit():
     assert "It fits with parameter_sharding true (" in message
     lora = replace(LORA, base_dtype="float32", budget_mb=budget_for(SMOLLM2, 1, True, "bfloat16"))
     assert "It fits with base_dtype bfloat16 (" in does_not_fit_message(SMOLLM2, lora, plan_memory(SMOLLM2, lora))
+
+
+def test_on_a_cpu_fast_in_bfloat16_a_null_dtype_is_bfloat16_from_the_start():
+    fast = replace(LORA, prefer_bfloat16=True)
+    plan = plan_memory(SMOLLM2, fast)
+    assert (plan.micro_batch, plan.gradient_checkpointing, plan.base_dtype, plan.compute_dtype) == (4, False, "bfloat16", "bfloat16")
+    assert plan_memory(SMOLLM2, replace(fast, base_dtype="float32")).base_dtype == "float32", "the job's own choice wins"
+    full = replace(LORA, method="full", prefer_bfloat16=True)
+    plan = plan_memory(SMOLLM2, full)
+    assert (plan.base_dtype, plan.compute_dtype, plan.to_json()["compute_dtype"]) == ("float32", "bfloat16", "bfloat16")
+    assert plan_memory(SMOLLM2, replace(full, compute_dtype="float32")).compute_dtype == "float32"
+    assert plan_memory(SMOLLM2, replace(full, prefer_bfloat16=False)).compute_dtype == "float32"
+
+
+def test_bfloat16_autocast_counts_weight_copies_and_halves_intermediates():
+    def full(checkpointed: bool, sharded: bool, compute: str):
+        return estimate_peak(SMOLLM2, "full", "float32", 8, 4, 256, checkpointed, sharded, compute)
+
+    decoder_mb = (SMOLLM2.parameters - SMOLLM2.vocab_size * SMOLLM2.hidden_size) / 1024**2
+    plain, autocast = full(False, False, "float32"), full(False, False, "bfloat16")
+    assert autocast.weights - plain.weights == pytest.approx(decoder_mb * 2)  # every layer's bfloat16 copy, kept for backward
+    assert autocast.activations < plain.activations
+    checkpointed = full(True, False, "bfloat16").weights - full(True, False, "float32").weights
+    assert checkpointed == pytest.approx(decoder_mb * 2 / SMOLLM2.num_layers)  # only the layer being recomputed
