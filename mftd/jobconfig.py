@@ -132,7 +132,7 @@ class JobConfig(BaseModel):
             raise ValueError("lora_target_modules is an empty list; give module names, 'all-linear', or leave it out for the default")
         if self.base_dtype == "bfloat16" and self.method not in ADAPTER_METHODS:
             raise ValueError("base_dtype bfloat16 needs method lora or dora (full fine-tuning keeps float32 weights; set compute_dtype bfloat16 for bfloat16 matrix products)")
-        if self.compute_dtype is not None and self.method in ADAPTER_METHODS:
+        if self.compute_dtype is not None and self.method in ADAPTER_METHODS and self.compute_dtype != self.base_dtype:
             raise ValueError(f"compute_dtype applies to method full; a {self.method} run computes in base_dtype, so set base_dtype {self.compute_dtype} instead")
         if self.parameter_sharding and self.method in ADAPTER_METHODS:
             raise ValueError("parameter_sharding needs method full (an adapter run has no full-model optimizer state to shard)")

@@ -91,3 +91,26 @@ def test_no_gradient_pass_needs_no_graph(tiny_model):
         loss = summed_token_loss(model, batch)
     assert not loss.requires_grad
     torch.testing.assert_close(loss, plain_summed_token_loss(model, batch).detach())
+
+
+def test_positions_without_loss_never_reach_the_output_layer(tiny_model):
+    """Prompt tokens teach nothing: the vocabulary projection runs only where a label is, forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = prepared(tiny_model("Qwen2ForCausalLM"), "full")
+    vocab_size, hidden_size = model.config.vocab_size, model.config.hidden_size
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(10, 200, (64,), generator=generator).tolist()
+
+    def flops(prompt_length: int) -> int:
+        batch = MicroBatch(*pad_examples([TokenizedExample(ids, [IGNORE_INDEX] * prompt_length + ids[prompt_length:])], 0), 0, 0)
+        with FlopCounterMode(display=False) as counter:
+            summed_token_loss(model, batch).backward()
+        model.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
+    # 63, 48 and 32 positions carry loss; the decoder's work is the same for all three.
+    all_positions, fewer, fewest = flops(0), flops(16), flops(32)
+    per_position = (all_positions - fewer) / 15
+    assert per_position == (fewer - fewest) / 16, "the output layer's work follows the positions with loss, and nothing else does"
+    assert per_position == 8 * vocab_size * hidden_size  # logits, their gradient's product, and both again for the weight's gradient
