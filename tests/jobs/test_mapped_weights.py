@@ -48,8 +48,8 @@ def assert_same_model(expected: torch.nn.Module, actual: torch.nn.Module) -> Non
 
 
 def copy_of(folder: Path, tmp_path: Path) -> Path:
-    """A private copy of a shared tiny model (the bfloat16 copy is written into the model folder)."""
-    return Path(shutil.copytree(folder, tmp_path / folder.name))
+    """A private copy of a shared tiny model, without a bfloat16 copy an earlier LoRA job may have written into it."""
+    return Path(shutil.copytree(folder, tmp_path / folder.name, ignore=shutil.ignore_patterns("model.bfloat16.safetensors")))
 
 
 @pytest.mark.parametrize("architecture", SUPPORTED_ARCHITECTURES)
@@ -65,7 +65,7 @@ def test_mapped_model_equals_from_pretrained(tmp_path, tiny_model, architecture,
 
 @pytest.mark.parametrize("architecture", SUPPORTED_ARCHITECTURES)
 def test_float32_weights_are_views_onto_the_file(tmp_path, tiny_model, architecture):
-    folder = copy_of(tiny_model(architecture), tmp_path)  # the shared folder may hold a bfloat16 copy an earlier LoRA job wrote
+    folder = copy_of(tiny_model(architecture), tmp_path)
     model = load_mapped_model(folder, torch.float32)
     ranges = mapped_ranges(folder / "model.safetensors")
     assert ranges
