@@ -6,7 +6,7 @@ an effective batch of 4, sequences cut at 256 tokens and seed 0, each in its own
 two datasets:
 
 - chat: variable-length conversations of real text shipped with Python (``benchmarks/chat_data.py``),
-  loss on the assistant reply only; rendered lengths spread from about 40 to 256 tokens;
+  loss on the assistant reply only; rendered lengths spread from about 50 to 256 tokens;
 - fixed: text records (pairs of ``benchmarks.common.write_text_examples`` records) that are all cut to exactly 256 tokens.
 
 Speed phase: ``--steps`` optimizer steps on each dataset. **Useful tokens/s** counts the real
@@ -14,7 +14,9 @@ Speed phase: ``--steps`` optimizer steps on each dataset. **Useful tokens/s** co
 (warm-up). mftd runs a real job through its worker (``python -m jobs.worker``), with memory and
 precision left to its defaults (``--mftd-option key=value`` sets any ``JobConfig`` field, to compare
 variants); its steps and tokens come from the job's metrics. Trainer runs as
-``benchmarks/throughput_trainer.py`` describes (float32, dynamic padding).
+``benchmarks/throughput_trainer.py`` describes (float32, dynamic padding). A step's time is, for
+mftd, what its training loop reports (building the batch included, writing the metric not); for
+Trainer, the time from the end of the previous step (data loading and logging included).
 
 **Achieved GFLOP/s** = useful tokens/s x 4 x N, where N = non-embedding parameters + the lm_head
 matrix (vocabulary x hidden size; for SmolLM2's tied embeddings N equals its parameter count, 134.5M):
