@@ -7,6 +7,7 @@ import json
 import pytest
 from transformers import AutoConfig
 
+from jobs.precision import bfloat16_matmul_supported
 from jobs.stop import StopSignal
 from jobs.worker import run_worker
 from mftd.db import new_session
@@ -47,7 +48,8 @@ def test_worker_shows_the_plan_before_training_and_the_measured_peak_after(tmp_p
     assert run_worker(job_id, settings, StopSignal()) == EXIT_SUCCEEDED
     memory = [event for event in job_events(engine, job_id) if event.kind == "memory"]
     assert [event.message.split(" ")[0] for event in memory] == ["memory", "peak"]
-    assert memory[0].message.startswith("memory plan: micro-batch 1 x 1: estimate ") and "activations" in memory[0].message
+    settings_shown = "micro-batch 1 x 1, bfloat16 base" if bfloat16_matmul_supported() else "micro-batch 1 x 1"  # a null base_dtype
+    assert memory[0].message.startswith(f"memory plan: {settings_shown}: estimate ") and "activations" in memory[0].message
     peak = json.loads(memory[1].data_json)
     assert peak["peak_rss_mb"] > 50 and peak["estimate_mb"] == pytest.approx(json.loads(memory[0].data_json)["estimate_mb"], abs=0.1)
     assert "error" in memory[1].message

@@ -1,0 +1,144 @@
+"""One real mftd LoRA job, run by the worker in a child process against a throwaway data dir, and what it logged.
+
+The model, dataset(s) and job rows are written as the API would write them; the worker is started
+as the daemon starts it (``python -m jobs.worker`` with ``mftd.protocol.WORKER_MALLOC_ENV``). Its
+steps, token counts, times and validation loss are read back from the job's metrics, and its resolved
+config (``jobs/<id>/config.json``) tells what mftd chose for the fields left to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from benchmarks.common import ROOT
+from mftd.protocol import RESOLVED_CONFIG_FILENAME, WORKER_MALLOC_ENV, worker_command
+
+TRAIN_DATASET_NAME = "bench-train"
+VALIDATION_DATASET_NAME = "bench-validation"
+# Resolved fields worth showing next to a result, when this code has them.
+SHOWN_SETTINGS = ("base_dtype", "compute_dtype", "packing", "batch_size", "grad_accum_steps", "gradient_checkpointing", "num_threads", "total_steps")
+
+
+@dataclass(frozen=True)
+class MftdRun:
+    """What one finished job logged."""
+
+    step_tokens: list[int]
+    step_seconds: list[float]
+    validation_loss: Optional[float]
+    resolved_config: dict[str, Any]
+    padding_share: Optional[float]
+
+    def describe_settings(self) -> str:
+        """The resolved settings of SHOWN_SETTINGS that this code has, as ``key=value`` pairs."""
+        return ", ".join(f"{key}={self.resolved_config[key]}" for key in SHOWN_SETTINGS if key in self.resolved_config)
+
+
+def run_mftd_job(model_dir: Path, train: Path, validation: Optional[Path], config_fields: dict[str, Any]) -> MftdRun:
+    """Create a job with ``config_fields`` on ``train`` (and ``validation`` as its validation_dataset), run the worker to the end.
+
+    Raises:
+        SystemExit: the worker did not finish; the message has the job's error event or the worker's last output.
+    """
+    from mftd.db import make_engine
+    from mftd.settings import Settings
+
+    if validation is not None:
+        config_fields = {**config_fields, "validation_dataset": VALIDATION_DATASET_NAME}
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = Settings(data_dir=Path(data_dir))
+        settings.ensure_dirs()
+        engine = make_engine(settings.db_path)
+        job_id = _create_job(engine, model_dir, train, validation, config_fields)
+        environment = {**os.environ, **WORKER_MALLOC_ENV}  # as the daemon starts its workers
+        worker = subprocess.run(worker_command(job_id, Path(data_dir), sys.executable), cwd=ROOT, env=environment, capture_output=True, text=True)
+        metrics, eval_losses, errors = _job_records(engine, job_id)
+        if worker.returncode != 0:
+            reason = errors[-1] if errors else (worker.stdout + worker.stderr)[-3000:]
+            sys.exit(f"the mftd worker failed on {train.name} (exit status {worker.returncode}): {reason}")
+        resolved = json.loads((settings.job_dir(job_id) / RESOLVED_CONFIG_FILENAME).read_text())
+    step_tokens = [metric["tokens"] for metric in metrics]
+    return MftdRun(
+        step_tokens=step_tokens,
+        step_seconds=[metric["tokens"] / metric["tokens_per_second"] for metric in metrics],
+        validation_loss=eval_losses[-1] if eval_losses else None,
+        resolved_config=resolved,
+        padding_share=padding_share(model_dir, train, resolved, step_tokens),
+    )
+
+
+def padding_share(model_dir: Path, train: Path, resolved: dict[str, Any], step_tokens: list[int]) -> float:
+    """Share of padding in the micro-batches the run trained on.
+
+    Packed rows are taken to be ``max_seq_len`` long. Otherwise the run's micro-batches are rebuilt
+    the way the worker built them (same tokenization, same seeded order), to count their padded size.
+    """
+    from itertools import islice
+
+    from jobs.batches import micro_batches
+    from jobs.data import tokenize_dataset
+    from jobs.model_setup import load_tokenizer
+
+    useful = sum(step_tokens)
+    if resolved.get("packing"):
+        rows = len(step_tokens) * resolved["batch_size"] * resolved["grad_accum_steps"]
+        return 1 - useful / (rows * resolved["max_seq_len"])
+    tokenizer = load_tokenizer(model_dir)
+    examples = tokenize_dataset(train, tokenizer, resolved["dataset_format"], resolved["max_seq_len"]).examples
+    batches = islice(micro_batches(examples, resolved["batch_size"], resolved["seed"], tokenizer.pad_token_id),
+                     len(step_tokens) * resolved["grad_accum_steps"])
+    padded = sum(batch.input_ids.numel() for batch in batches)
+    return 1 - useful / padded
+
+
+def _create_job(engine, model_dir: Path, train: Path, validation: Optional[Path], config_fields: dict[str, Any]) -> int:
+    """Model, dataset(s) and job rows as the API would write them."""
+    from mftd.db import new_session
+    from mftd.jobconfig import JobConfig
+    from mftd.modelinfo import inspect_model_folder
+    from mftd.tables import Job, Model
+
+    config = JobConfig(**config_fields)
+    with new_session(engine) as session:
+        model = Model(name="bench-model", **inspect_model_folder(model_dir).to_dict())
+        train_row = _dataset_row(TRAIN_DATASET_NAME, train)
+        session.add_all([model, train_row] + ([_dataset_row(VALIDATION_DATASET_NAME, validation)] if validation is not None else []))
+        session.commit()
+        job = Job(model_id=model.id, dataset_id=train_row.id, config_json=config.model_dump_json(exclude_none=True))
+        session.add(job)
+        session.commit()
+        return job.id
+
+
+def _dataset_row(name: str, path: Path):
+    """A Dataset row for ``path``, validated as registration does."""
+    from mftd.datasets import validate_jsonl
+    from mftd.tables import Dataset
+
+    info = validate_jsonl(path)
+    return Dataset(name=name, path=str(path), format=info.format, num_examples=info.num_examples, size_bytes=info.size_bytes,
+                   longest_example_chars=info.longest_example_chars)
+
+
+def _job_records(engine, job_id: int) -> tuple[list[dict], list[float], list[str]]:
+    """The job's training metrics by step, its validation losses by step, and its error events' messages."""
+    from sqlmodel import select
+
+    from mftd.db import new_session
+    from mftd.tables import Event, Metric
+
+    with new_session(engine) as session:
+        metrics = session.exec(select(Metric).where(Metric.job_id == job_id).order_by(Metric.step, Metric.id)).all()
+        errors = session.exec(select(Event).where(Event.job_id == job_id, Event.level == "error").order_by(Event.id)).all()
+        return (
+            [{"step": m.step, "tokens": m.tokens, "tokens_per_second": m.tokens_per_second} for m in metrics if m.split == "train"],
+            [m.loss for m in metrics if m.split == "eval"],
+            [event.message for event in errors],
+        )
