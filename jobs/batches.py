@@ -9,8 +9,10 @@ sequence. The stream runs on across epochs without end; the training loop decide
 
 Why packing, not grouping by length: grouping examples of similar length cuts padding too, but a
 micro-batch of short examples is then a small matrix product, and on a CPU every micro-batch pays
-the same fixed cost of a few hundred kernel calls (measured on SmolLM2-135M LoRA with 2 threads: 4
-examples of ~60 tokens run at about half the tokens per second of 4 rows of 256). Packed rows keep
+the same fixed cost of a few hundred kernel calls. Measured on SmolLM2-135M LoRA (bfloat16 base, 2
+threads, forward and backward): 4 examples of 32 tokens run at 255 tokens/s and of 64 tokens at 288,
+4 packed rows of 256 tokens at 341 (4 unpacked examples of 256: 356, so the block-diagonal mask
+costs about 4%). Packed rows keep
 every micro-batch at ``batch_size x max_seq_len`` tokens, the size the memory plan was made for,
 with no padding beyond the last row's tail. Attention stays inside each example: position ids
 restart at every example, and the model builds a block-diagonal causal mask from them (Hugging
