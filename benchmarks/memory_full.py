@@ -17,7 +17,10 @@ after the first step, and whether the kernel OOM-killed it; for mftd also the pl
 against the measured peak RSS. Peak RSS can exceed the cap: it also counts pages of the model file
 that were already in the page cache, which stay charged to the group that read them first.
 
-    sudo python benchmarks/memory_full.py [--models gemma3,qwen05b] [--steps 20]
+    sudo python benchmarks/memory_full.py [--models gemma3,qwen05b] [--steps 20] [--cap-mb N]
+
+``--cap-mb`` replaces both caps (and so mftd's budget), to see how a run's peak RSS follows the cap:
+a sharded run keeps mapped pages of its shard files resident while the cap leaves room for them.
 """
 
 from __future__ import annotations
@@ -197,6 +200,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20, help="Optimizer steps per run (the first is not timed).")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--runners", default="mftd,trainer", help="Comma-separated: mftd, trainer.")
+    parser.add_argument("--cap-mb", type=int, help="Cap (and mftd's memory budget) for every model instead of 1.5 GiB / 3 GiB.")
     parser.add_argument("--child-trainer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -211,6 +215,10 @@ def main() -> int:
     if unknown:
         sys.exit(f"unknown models {unknown}; choose from {', '.join(CAPS_MB)}")
     runners = args.runners.split(",")
+    if args.cap_mb is not None:
+        if args.cap_mb < 256:
+            sys.exit(f"--cap-mb {args.cap_mb} is below 256 MB, too little for any of these models; give a cap in MB, e.g. 2560")
+        CAPS_MB.update({name: args.cap_mb for name in names})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = write_text_examples(Path(tmp) / "text.jsonl", args.steps * EFFECTIVE_BATCH)
