@@ -57,7 +57,7 @@ def run_mftd_job(model_dir: Path, train: Path, validation: Optional[Path], confi
         settings.ensure_dirs()
         engine = make_engine(settings.db_path)
         job_id = _create_job(engine, model_dir, train, validation, config_fields)
-        environment = {**os.environ, **WORKER_MALLOC_ENV}  # as the daemon starts its workers
+        environment = {**WORKER_MALLOC_ENV, **os.environ}  # as the daemon starts its workers: the user's own settings win
         worker = subprocess.run(worker_command(job_id, Path(data_dir), sys.executable), cwd=ROOT, env=environment, capture_output=True, text=True)
         metrics, eval_losses, errors = _job_records(engine, job_id)
         if worker.returncode != 0:

@@ -21,7 +21,11 @@ WORKER_MODULE = "jobs.worker"
 # keep freed memory that a phone cannot spare: two are enough for a few threads. Tensors of 1 MB
 # and more get their own mapping, given back at free: with glibc's sliding default (up to 32 MB)
 # they land on the heap, where fragmentation held about 500 MB more at SmolLM2's LoRA peak
-# (1,216 against 1,738 MB, micro-batch 4 x 256 tokens, checkpointed), at no measurable cost in speed.
+# (1,216 against 1,738 MB, micro-batch 4 x 256 tokens, checkpointed) at the same speed there. It is not
+# free everywhere: a bfloat16-base LoRA run without checkpointing (4 packed rows of 256 tokens) peaked at
+# 1,726 MB against 2,253 but trained at 251 tokens/s against 372, each large tensor now mapped and faulted
+# in afresh (a 16 MB threshold: 2,033 MB at 373 tokens/s). Memory first by default; a daemon started with
+# its own MALLOC_MMAP_THRESHOLD_ passes that on instead (the planner's constants assume this one).
 WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 HEARTBEAT_SECONDS = 5.0
