@@ -106,7 +106,8 @@ def submit(client, model: Path, texts: Path, **config) -> int:
     body = {
         "model": "long", "dataset": "texts", "method": "lora", "max_steps": 1, "max_seq_len": SEQUENCE,
         # A budget far above the machine's memory: the planner keeps the micro-batch asked for, so the kernel decides.
-        "memory_budget_mb": 60000, "gradient_checkpointing": False, **config,
+        # Float32 and unpacked, as the limits above were measured (a CPU fast in bfloat16 would otherwise get a bfloat16 default).
+        "memory_budget_mb": 60000, "gradient_checkpointing": False, "packing": False, **config,
     }
     response = client.post("/v1/jobs", json=body)
     assert response.status_code == 201, response.text
@@ -125,7 +126,7 @@ def test_an_oom_killed_worker_is_retried_at_half_the_micro_batch_and_succeeds(tm
     try:
         with daemon.client() as client:
             texts = write_long_texts(tmp_path / "texts.jsonl", words_per_text=2 * SEQUENCE)
-            job_id = submit(client, retry_model, texts, batch_size=8, grad_accum_steps=1)
+            job_id = submit(client, retry_model, texts, batch_size=8, grad_accum_steps=1, base_dtype="float32")
             job = wait_for_status(client, job_id, {"succeeded"}, timeout=150)
             events = memory_events(client, job_id)
     finally:
@@ -146,7 +147,7 @@ def test_a_worker_oom_killed_at_micro_batch_1_fails_with_the_planner_numbers(tmp
     try:
         with daemon.client() as client:
             texts = write_long_texts(tmp_path / "texts.jsonl", words_per_text=2 * FAIL_SEQUENCE)
-            job_id = submit(client, fail_model, texts, method="full", batch_size=1, grad_accum_steps=2, max_seq_len=FAIL_SEQUENCE)
+            job_id = submit(client, fail_model, texts, method="full", batch_size=1, grad_accum_steps=2, max_seq_len=FAIL_SEQUENCE, compute_dtype="float32")
             job = wait_for_status(client, job_id, {"failed"}, timeout=120)
             events = memory_events(client, job_id)
     finally:
