@@ -7,6 +7,7 @@ import json
 
 from sqlmodel import select
 
+from jobs.precision import bfloat16_matmul_supported
 from jobs.stop import StopSignal
 from jobs.worker import describe_failure, run_worker
 from mftd.db import new_session
@@ -27,7 +28,8 @@ def test_successful_run_reports_progress_metrics_and_artifacts(tmp_path, setting
 
     messages = [event.message for event in job_events(engine, job_id)]
     assert messages[0].startswith("dataset: 10 examples, ") and messages[0].endswith(" tokens, 0 truncated")
-    assert messages[1].startswith("memory plan: micro-batch 2 x 2: estimate ")
+    settings_shown = "micro-batch 2 x 2, bfloat16 base" if bfloat16_matmul_supported() else "micro-batch 2 x 2"  # a null base_dtype
+    assert messages[1].startswith(f"memory plan: {settings_shown}: estimate ")
     assert messages[2].startswith("threads: ")
     assert messages[3] == "loading model"
     assert messages[4].startswith("model loaded (") and " trainable)" in messages[4]
