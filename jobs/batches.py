@@ -46,10 +46,8 @@ class MicroBatch:
     position_ids: Optional[torch.Tensor] = None
 
     def model_inputs(self) -> dict[str, Optional[torch.Tensor]]:
-        """What tells the model where it may attend: the padding mask, or the packed positions."""
-        if self.position_ids is not None:
-            return {"attention_mask": None, "position_ids": self.position_ids}
-        return {"attention_mask": self.attention_mask}
+        """What tells the model where it may attend (see ``attention_inputs``)."""
+        return attention_inputs(self.attention_mask, self.position_ids)
 
     @property
     def num_loss_tokens(self) -> int:
@@ -60,6 +58,13 @@ class MicroBatch:
     def num_tokens(self) -> int:
         """Real (not padding) tokens."""
         return int(self.attention_mask.sum())
+
+
+def attention_inputs(attention_mask: torch.Tensor, position_ids: Optional[torch.Tensor]) -> dict[str, Optional[torch.Tensor]]:
+    """The model's arguments for where it may attend: the padding mask, or for packed rows their positions and no mask."""
+    if position_ids is not None:
+        return {"attention_mask": None, "position_ids": position_ids}
+    return {"attention_mask": attention_mask}
 
 
 def batches_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from jobs.batches import attention_inputs
 from jobs.data import IGNORE_INDEX
 from jobs.gradient_sink import can_embed, embed, gradient_target, release_rows
 from mftd.memory_plan import CHUNK_LOGIT_ELEMENTS  # logit elements per chunk (64 MB in float32)
@@ -98,23 +99,18 @@ def chunked_summed_token_loss(
         inputs = {"inputs_embeds": embed(embedding, input_ids)}
     else:
         inputs = {"input_ids": input_ids}
-    if position_ids is not None:
-        inputs.update(position_ids=position_ids, attention_mask=None)
-    else:
-        inputs["attention_mask"] = attention_mask
-    hidden = causal_lm.base_model(**inputs, use_cache=False).last_hidden_state
+    hidden = causal_lm.base_model(**inputs, **attention_inputs(attention_mask, position_ids), use_cache=False).last_hidden_state
     # Under autocast (full fine-tuning in bfloat16) the decoder's products are bfloat16, but the output
     # layer and the cross-entropy stay in the weights' dtype: the loss is where rounding would show.
     with torch.autocast(hidden.device.type, enabled=False):
         head_weight = getattr(lm_head, "weight", None)
         if head_weight is not None:
             hidden = hidden.to(head_weight.dtype)
-        return _head_loss(causal_lm, lm_head, hidden, labels, chunk_logit_elements)
+        return _head_loss(causal_lm, lm_head, is_linear_head, hidden, labels, chunk_logit_elements)
 
 
-def _head_loss(causal_lm, lm_head, hidden: torch.Tensor, labels: torch.Tensor, chunk_logit_elements: int) -> torch.Tensor:
+def _head_loss(causal_lm, lm_head, is_linear_head: bool, hidden: torch.Tensor, labels: torch.Tensor, chunk_logit_elements: int) -> torch.Tensor:
     """The summed loss of the decoder's last hidden states: the output layer and cross-entropy over chunks of loss positions."""
-    is_linear_head = type(lm_head) is torch.nn.Linear
     targets = labels[:, 1:].reshape(-1)
     carries_loss = targets != IGNORE_INDEX
     hidden = hidden[:, :-1].reshape(-1, hidden.size(-1))[carries_loss]

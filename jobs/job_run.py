@@ -44,8 +44,8 @@ from jobs.model_setup import (
     trainable_state,
 )
 from mftd.memory_plan import MemoryPlan, ModelShape, does_not_fit_message, plan_memory, plan_request
-from jobs.precision import bfloat16_matmul_problem
 from jobs.optimization import build_lr_scheduler, build_optimizer
+from jobs.precision import bfloat16_matmul_problem
 from jobs.reporting import JobReporter
 from jobs.resolved_config import ResolvedJobConfig, resolve_config, write_resolved_config
 from jobs.sharding import ShardedAdamW

@@ -25,6 +25,7 @@ torch would use anyway. When sysfs tells nothing, every core this process may us
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 from pathlib import Path
@@ -81,6 +82,7 @@ def default_num_threads(sysfs_cpu: Path = SYSFS_CPU_DIR, allowed: Optional[set[i
     return len(performance_cores(sysfs_cpu, allowed))
 
 
+@functools.lru_cache(maxsize=8)  # the daemon asks at every submit; a CPU's instructions do not change
 def has_fast_bfloat16(cpuinfo: Path = CPUINFO_PATH) -> bool:
     """Whether every core has instructions that multiply bfloat16 (x86 ``avx512_bf16``/``amx_bf16``, Arm ``bf16``).
 

@@ -15,17 +15,7 @@ SNAPDRAGON_8_GEN_2_MAX_KHZ = [2016000] * 3 + [2803200] * 4 + [3187200]
 SNAPDRAGON_865_CAPACITY = [284] * 4 + [871] * 3 + [1024]
 SNAPDRAGON_865_MAX_KHZ = [1804800] * 4 + [2419200] * 3 + [2841600]
 
-X86_WITH_BF16 = """\
-processor	: 0
-vendor_id	: AuthenticAMD
-cpu family	: 25
-model name	: AMD EPYC
-flags		: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx mmxext \
-fxsr_opt pdpe1gb rdtscp lm constant_tsc rep_good nopl xtopology nonstop_tsc cpuid extd_apicid tsc_known_freq pni pclmulqdq ssse3 fma \
-cx16 pcid sse4_1 sse4_2 x2apic movbe popcnt aes xsave avx f16c rdrand hypervisor lahf_lm avx2 bmi2 avx512f avx512dq avx512ifma \
-avx512cd sha_ni avx512bw avx512vl xsaveopt avx512_bf16 clzero avx512vbmi avx512_vbmi2 gfni vaes avx512_vnni avx512_bitalg rdpid fsrm
-
-processor	: 1
+X86_WITH_BF16_CORE = """\
 vendor_id	: AuthenticAMD
 cpu family	: 25
 model name	: AMD EPYC
@@ -34,6 +24,8 @@ fxsr_opt pdpe1gb rdtscp lm constant_tsc rep_good nopl xtopology nonstop_tsc cpui
 cx16 pcid sse4_1 sse4_2 x2apic movbe popcnt aes xsave avx f16c rdrand hypervisor lahf_lm avx2 bmi2 avx512f avx512dq avx512ifma \
 avx512cd sha_ni avx512bw avx512vl xsaveopt avx512_bf16 clzero avx512vbmi avx512_vbmi2 gfni vaes avx512_vnni avx512_bitalg rdpid fsrm
 """
+# Two cores, each with its own block, as the kernel writes them.
+X86_WITH_BF16 = "\n".join(f"processor\t: {number}\n{X86_WITH_BF16_CORE}" for number in range(2))
 # Skylake-SP: AVX-512 without its BF16 extension (torch runs bfloat16 matmuls on it, emulated).
 X86_WITHOUT_BF16 = """\
 processor	: 0
@@ -114,7 +106,8 @@ def make_sysfs(
 
 
 def write_cpuinfo(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "cpuinfo"
+    """A file of its own for each text: the answer for a path is cached, as /proc/cpuinfo does not change."""
+    path = tmp_path / f"cpuinfo-{len(list(tmp_path.glob('cpuinfo-*')))}"
     path.write_text(text)
     return path
 
