@@ -77,8 +77,8 @@ def run_mftd_job(model_dir: Path, train: Path, validation: Optional[Path], confi
 def padding_share(model_dir: Path, train: Path, resolved: dict[str, Any], step_tokens: list[int]) -> float:
     """Share of padding in the micro-batches the run trained on.
 
-    Packed rows are taken to be ``max_seq_len`` long. Otherwise the run's micro-batches are rebuilt
-    the way the worker built them (same tokenization, same seeded order), to count their padded size.
+    The run's micro-batches are rebuilt the way the worker built them (same tokenization, same seeded
+    order, packed into rows no longer than the longest example when the job packs), to count their laid-out size.
     """
     from itertools import islice
 
@@ -87,12 +87,10 @@ def padding_share(model_dir: Path, train: Path, resolved: dict[str, Any], step_t
     from jobs.model_setup import load_tokenizer
 
     useful = sum(step_tokens)
-    if resolved.get("packing"):
-        rows = len(step_tokens) * resolved["batch_size"] * resolved["grad_accum_steps"]
-        return 1 - useful / (rows * resolved["max_seq_len"])
     tokenizer = load_tokenizer(model_dir)
     examples = tokenize_dataset(train, tokenizer, resolved["dataset_format"], resolved["max_seq_len"]).examples
-    batches = islice(micro_batches(examples, resolved["batch_size"], resolved["seed"], tokenizer.pad_token_id),
+    capacity = max(len(example.input_ids) for example in examples) if resolved.get("packing") else None
+    batches = islice(micro_batches(examples, resolved["batch_size"], resolved["seed"], tokenizer.pad_token_id, pack_capacity=capacity),
                      len(step_tokens) * resolved["grad_accum_steps"])
     padded = sum(batch.input_ids.numel() for batch in batches)
     return 1 - useful / padded

@@ -28,9 +28,9 @@ logits of positions without loss) is credited with it, as model FLOPs utilisatio
 a share of the float32 and bfloat16 matmul peaks measured at the start of the same run: best of
 several 2048 x 2048 ``torch.mm`` with as many threads as the trainers use.
 
-Quality phase: ``--epochs`` passes over the chat training set (``--chat-train-examples``), so that both
-runners see the same examples the same number of times even when mftd packs several into one row;
-then the mean token loss on the held-out chat examples (``--chat-validation-examples``), which
+Quality phase: ``--epochs`` passes over the chat training set (``--chat-train-examples``) at the same
+batch size, so both runners take the same number of steps over the same examples (mftd's packing
+changes how a micro-batch is laid out, not which examples it holds); then the mean token loss on the held-out chat examples (``--chat-validation-examples``), which
 mftd computes as the job's ``validation_dataset`` and Trainer's side the same way after training.
 
     python benchmarks/throughput.py [--steps 30] [--epochs 1] [--chat-train-examples 240] [--phases speed,quality] [--mftd-option packing=false]

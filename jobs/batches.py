@@ -1,30 +1,39 @@
 """Micro-batches in a deterministic order that a resumed run can pick up from any position.
 
-The stream is made of units: single examples (padded to the longest of their micro-batch), or, with
-packing, rows of several examples laid end to end (``pack_examples``). Epoch ``e`` visits the units
-in the permutation drawn from a generator seeded with ``seed + e``, cut into batches of
-``batch_size`` (the last one may be smaller). The order depends on nothing but the seed, the epoch
-and the units, so a position (epoch, batch index) is all a checkpoint needs to continue the same
-sequence. The stream runs on across epochs without end; the training loop decides when to stop.
+Epoch ``e`` visits the examples in the permutation drawn from a generator seeded with ``seed + e``,
+cut into micro-batches of ``batch_size`` examples (the last one may be smaller). The order depends
+on nothing but the seed, the epoch and the number of examples, so a position (epoch, batch index)
+is all a checkpoint needs to continue the same sequence. The stream runs on across epochs without
+end; the training loop decides when to stop.
 
-Why packing, not grouping by length: grouping examples of similar length cuts padding too, but a
-micro-batch of short examples is then a small matrix product, and on a CPU every micro-batch pays
-the same fixed cost of a few hundred kernel calls. Measured on SmolLM2-135M LoRA (bfloat16 base, 2
-threads, forward and backward): 4 examples of 32 tokens run at 255 tokens/s and of 64 tokens at 288,
-4 packed rows of 256 tokens at 341 (4 unpacked examples of 256: 356, so the block-diagonal mask
-costs about 4%). Packed rows keep
-every micro-batch at ``batch_size x max_seq_len`` tokens, the size the memory plan was made for,
-with no padding beyond the last row's tail. Attention stays inside each example: position ids
-restart at every example, and the model builds a block-diagonal causal mask from them (Hugging
-Face's ``find_packed_sequence_indices``, which the eager and SDPA attention paths both honour); the
-``tests/jobs/test_packing.py`` test shows each example's loss in a packed row equals its loss alone.
+Packing changes the layout of a micro-batch, never its examples. Padding every example to the
+longest of its micro-batch wastes a third of the compute on chat data; instead, the micro-batch's
+examples are laid end to end in as few rows as hold them (``pack_micro_batch``), balanced so that
+the rows are of about equal length. Position ids restart at every example, and the model builds a
+block-diagonal causal mask from them (Hugging Face's ``find_packed_sequence_indices``, which the
+eager and SDPA attention paths both honour), so each example sees only itself:
+``tests/jobs/test_packing.py`` shows each example's loss and gradients in a packed row equal those
+of the example alone. Every optimizer step therefore sees the same examples, in the same
+accumulation groups, whether packing is on or off; only the arithmetic spent on padding goes.
+
+Why this and not the alternatives, as measured on SmolLM2-135M LoRA (bfloat16 base, 2 threads):
+
+- Packing the whole dataset into rows of max_seq_len tokens fills rows best (97% on the chat
+  benchmark), but a step then holds about 2.5 times as many examples: at the same batch_size and
+  learning rate, one epoch took 25 steps instead of 60 and ended 5% above Trainer's validation loss.
+  Packing each micro-batch keeps the job's hyperparameters meaning what they say.
+- Grouping examples of similar length cuts padding too, but changes which examples share a step,
+  and a micro-batch of short examples is a small matrix product: every micro-batch pays the same
+  fixed cost of a few hundred kernel calls (4 examples of 32 tokens ran at 255 tokens/s, of 64 at
+  288, of 128 at 328, of 256 at 356; 4 packed rows of 256 at 341: the block-diagonal mask costs
+  about 4%).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
-from bisect import bisect_left, insort
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -96,36 +105,47 @@ def pad_examples(examples: Sequence[TokenizedExample], pad_token_id: int) -> tup
     return input_ids, attention_mask, labels
 
 
-def pack_examples(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """Rows of example indices whose lengths add up to at most ``capacity``: best fit, longest first.
+def pack_micro_batch(lengths: Sequence[int], capacity: int) -> Optional[list[list[int]]]:
+    """Rows of a micro-batch's examples laid end to end, or None when padding each one costs no more.
 
-    Each example, longest first (ties by index), goes into the open row it fills most tightly, or
-    opens a new row. The rows do not depend on the seed or the epoch, so every epoch has the same
-    number of them and only their order is shuffled. An example longer than ``capacity`` (none are:
-    they were cut at max_seq_len) gets a row of its own.
+    For each row count from the fewest that can hold the examples, the examples go longest first
+    into the least filled row (ties by index), and the layout costs its row count times its longest
+    row. The cheapest layout wins if it costs fewer tokens than padding every example to the longest.
 
     Args:
-        lengths: tokens per example.
-        capacity: tokens per row (the job's max_seq_len).
+        lengths: tokens per example, in micro-batch order.
+        capacity: the most tokens a row may hold. The worker passes the dataset's longest example, the
+            length the memory plan was made for: a packed micro-batch then has fewer tokens, fewer
+            rows and no longer ones than the plan's, so it never needs more memory.
 
     Returns:
-        The rows in the order they were opened, each listing its examples in the order they were placed.
+        Rows of positions in ``lengths``, each in the order its examples were placed; None for padding.
     """
-    rows: list[list[int]] = []
-    # (room left, row index), sorted: the first entry with room >= length is the tightest fit.
-    rooms: list[tuple[int, int]] = []
-    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        length = lengths[index]
-        slot = bisect_left(rooms, (length, -1))
-        if slot < len(rooms):
-            room, row = rooms.pop(slot)
-            rows[row].append(index)
-            if room - length > 0:
-                insort(rooms, (room - length, row))
+    count, longest, total = len(lengths), max(lengths), sum(lengths)
+    capacity = max(capacity, longest)
+    best, best_tokens = None, count * longest
+    for num_rows in range(max(1, math.ceil(total / capacity)), count):
+        if num_rows * longest >= best_tokens:
+            break  # no layout with more rows can be cheaper: each row is at least the longest example
+        rows = _balanced_rows(lengths, num_rows, capacity)
+        if rows is None:
             continue
-        rows.append([index])
-        if capacity - length > 0:
-            insort(rooms, (capacity - length, len(rows) - 1))
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        if num_rows * width < best_tokens:
+            best, best_tokens = rows, num_rows * width
+    return best
+
+
+def _balanced_rows(lengths: Sequence[int], num_rows: int, capacity: int) -> Optional[list[list[int]]]:
+    """Longest first into the least filled of ``num_rows`` rows; None when an example fits in none."""
+    rows: list[list[int]] = [[] for _ in range(num_rows)]
+    loads = [(0, row) for row in range(num_rows)]  # a heap of (tokens so far, row)
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        load, row = heapq.heappop(loads)
+        if load + lengths[index] > capacity:
+            return None  # the least filled row has no room, so no row has
+        rows[row].append(index)
+        heapq.heappush(loads, (load + lengths[index], row))
     return rows
 
 
@@ -170,34 +190,35 @@ def micro_batches(
     pad_token_id: int,
     start_epoch: int = 0,
     start_batch_in_epoch: int = 0,
-    rows: Optional[Sequence[Sequence[int]]] = None,
+    pack_capacity: Optional[int] = None,
 ) -> Iterator[MicroBatch]:
     """An endless stream of micro-batches, starting at (start_epoch, start_batch_in_epoch).
 
     Args:
         examples: the tokenized dataset.
-        batch_size: units per micro-batch: examples, or packed rows.
+        batch_size: examples per micro-batch.
         seed: the job's seed; epoch ``e`` is shuffled with ``seed + e``.
         pad_token_id: the id padding positions get.
         start_epoch: the epoch to start in (from a checkpoint).
         start_batch_in_epoch: the batch of that epoch to start with.
-        rows: packed rows from ``pack_examples``; None trains on single padded examples.
+        pack_capacity: pack each micro-batch into rows of at most this many tokens (``pack_micro_batch``);
+            None pads every example to the longest of its micro-batch.
 
     Yields:
         MicroBatch, each knowing the position that follows it.
     """
-    num_units = len(rows) if rows is not None else len(examples)
-    per_epoch = batches_per_epoch(num_units, batch_size)
+    per_epoch = batches_per_epoch(len(examples), batch_size)
     epoch, batch_index = start_epoch, start_batch_in_epoch
     while True:
-        order = epoch_order(num_units, seed, epoch)
+        order = epoch_order(len(examples), seed, epoch)
         while batch_index < per_epoch:
-            chosen = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+            chosen = [examples[i] for i in order[batch_index * batch_size : (batch_index + 1) * batch_size]]
+            rows = pack_micro_batch([len(example.input_ids) for example in chosen], pack_capacity) if pack_capacity else None
             position_ids = None
             if rows is None:
-                input_ids, attention_mask, labels = pad_examples([examples[i] for i in chosen], pad_token_id)
+                input_ids, attention_mask, labels = pad_examples(chosen, pad_token_id)
             else:
-                input_ids, attention_mask, labels, position_ids = packed_rows(examples, [rows[i] for i in chosen], pad_token_id)
+                input_ids, attention_mask, labels, position_ids = packed_rows(chosen, rows, pad_token_id)
             batch_index += 1
             at_epoch_end = batch_index == per_epoch
             yield MicroBatch(
@@ -209,3 +230,17 @@ def micro_batches(
                 position_ids=position_ids,
             )
         epoch, batch_index = epoch + 1, 0
+
+
+def epoch_layout_fill(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, pack_capacity: Optional[int]) -> float:
+    """The share of an epoch's laid-out tokens that are real (not padding), as ``micro_batches`` lays them out."""
+    order = epoch_order(len(lengths), seed, epoch)
+    laid_out = 0
+    for start in range(0, len(order), batch_size):
+        chosen = [lengths[i] for i in order[start : start + batch_size]]
+        rows = pack_micro_batch(chosen, pack_capacity) if pack_capacity else None
+        if rows is None:
+            laid_out += len(chosen) * max(chosen)
+        else:
+            laid_out += len(rows) * max(sum(chosen[i] for i in row) for row in rows)
+    return sum(lengths) / laid_out

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
 from jobs.artifacts import save_artifacts
-from jobs.batches import micro_batches, pack_examples
+from jobs.batches import epoch_layout_fill, micro_batches
 from jobs.checkpoint import (
     CheckpointContents,
     checkpoint_folders,
@@ -111,8 +111,8 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
             f"validation dataset: {len(validation.examples)} examples, {validation.num_tokens} tokens",
             data={"examples": len(validation.examples), "tokens": validation.num_tokens},
         )
-    rows = _pack(reporter, config, model_config.model_type, dataset)
-    plan = _plan_memory(reporter, config, job, model_row, model_config, dataset, settings, rows)
+    plan = _plan_memory(reporter, config, job, model_row, model_config, dataset, settings)
+    packing = _packing(reporter, config, model_config.model_type, dataset, plan.micro_batch)
     resolved = resolve_config(
         config,
         architecture=(model_config.architectures or [type(model_config).__name__])[0],
@@ -121,7 +121,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
         num_examples=len(dataset.examples),
         default_num_threads=default_num_threads(),
         plan=plan,
-        num_rows=len(rows) if rows is not None else None,
+        packing=packing,
     )
     write_resolved_config(resolved, job_dir / RESOLVED_CONFIG_FILENAME)
     use_cores(resolved.num_threads, reporter)
@@ -175,7 +175,8 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
             throttle.pause_after_step(report.seconds, stop.is_requested)
 
     batches = micro_batches(
-        dataset.examples, resolved.batch_size, resolved.seed, tokenizer.pad_token_id, progress.epoch, progress.batch_in_epoch, rows
+        dataset.examples, resolved.batch_size, resolved.seed, tokenizer.pad_token_id, progress.epoch, progress.batch_in_epoch,
+        _pack_capacity(dataset) if resolved.packing else None,
     )
     outcome = train(
         model, optimizer, scheduler, batches, progress, resolved.total_steps, resolved.grad_accum_steps,
@@ -273,24 +274,30 @@ def _build_trainable_model(model_path: Path, config: ResolvedJobConfig) -> torch
     return model
 
 
-def _pack(reporter: JobReporter, config: JobConfig, model_type: str, dataset: TokenizedDataset) -> Optional[list[list[int]]]:
-    """The examples packed into rows of max_seq_len tokens, or None when the job trains on padded single examples."""
+def _packing(reporter: JobReporter, config: JobConfig, model_type: str, dataset: TokenizedDataset, micro_batch: int) -> bool:
+    """Whether micro-batches are packed (the job asks for it and the family confines attention to each packed example); says what it saves."""
     if not config.packing:
-        return None
+        return False
     if model_type not in PACKABLE_MODEL_TYPES:
         reporter.event(
             f"examples are not packed: the {model_type} family is not among those shown to keep attention inside each packed example "
             f"({', '.join(sorted(PACKABLE_MODEL_TYPES))}); each example is padded instead",
             level="warning", data={"model_type": model_type},
         )
-        return None
-    rows = pack_examples([len(example.input_ids) for example in dataset.examples], config.max_seq_len)
-    fill = dataset.num_tokens / (len(rows) * config.max_seq_len)
+        return False
+    lengths = [len(example.input_ids) for example in dataset.examples]
+    packed = epoch_layout_fill(lengths, micro_batch, config.seed, 0, _pack_capacity(dataset))
+    padded = epoch_layout_fill(lengths, micro_batch, config.seed, 0, None)
     reporter.event(
-        f"packed {len(dataset.examples):,} examples into {len(rows):,} rows of up to {config.max_seq_len} tokens ({fill:.0%} full)",
-        data={"examples": len(dataset.examples), "rows": len(rows), "fill": round(fill, 4)},
+        f"packing: micro-batches of {micro_batch} examples are {packed:.0%} real tokens ({padded:.0%} if each example were padded)",
+        data={"micro_batch": micro_batch, "fill": round(packed, 4), "padded_fill": round(padded, 4)},
     )
-    return rows
+    return True
+
+
+def _pack_capacity(dataset: TokenizedDataset) -> int:
+    """Tokens a packed row may hold: the longest example, the length the memory plan is made for."""
+    return max(len(example.input_ids) for example in dataset.examples)
 
 
 def _plan_memory(
@@ -301,19 +308,18 @@ def _plan_memory(
     model_config: Any,
     dataset: TokenizedDataset,
     settings: Settings,
-    rows: Optional[list[list[int]]] = None,
 ) -> MemoryPlan:
     """Pick micro-batch, checkpointing, base dtype and sharding to fit the job's budget; show the plan on the job.
 
-    The plan is made for the longest example (or packed row) actually in the data, not
-    max_seq_len, and never above the micro-batch cap the daemon set after a kill for memory.
+    The plan is made for micro-batches of the longest example actually in the data (rows of packed
+    micro-batches are no longer), not max_seq_len, and never above the micro-batch cap the daemon set after a kill for memory.
 
     Raises:
         JobConfigError: nothing fits the budget (the message has the estimate and what would fit).
     """
     shape = ModelShape.from_config(model_config, model_row.num_parameters or None)  # 0: not counted at registration
     lengths = [len(example.input_ids) for example in dataset.examples]
-    longest = max(sum(lengths[i] for i in row) for row in rows) if rows is not None else max(lengths)
+    longest = max(lengths)
     budget = config.memory_budget_mb or settings.default_memory_budget_mb
     slow_bfloat16 = bfloat16_matmul_problem()
     asked = config.compute_dtype if config.method == "full" else config.base_dtype

@@ -30,15 +30,14 @@ class ResolvedJobConfig(JobConfig):
     architecture: str = Field(description="The model class, e.g. Qwen2ForCausalLM.")
     model_type: str = Field(description="The model family, e.g. qwen2; picks the default LoRA targets.")
     num_examples: int = Field(ge=1, description="Examples left to train on after tokenization.")
-    packing: bool = Field(description="Whether examples are packed into rows (false when asked for, or when the model family is not known to confine attention to each example).")
-    num_rows: Optional[int] = Field(None, ge=1, description="Packed rows of at most max_seq_len tokens in one pass; null when not packing.")
-    batches_per_epoch: int = Field(ge=1, description="Batches of the submitted batch_size (examples, or packed rows) in one pass over the data.")
+    packing: bool = Field(description="Whether each micro-batch's examples are packed into rows (false when asked for, or when the model family is not known to confine attention to each example).")
+    batches_per_epoch: int = Field(ge=1, description="Batches of the submitted batch_size in one pass over the data.")
     total_steps: int = Field(ge=1, description="Optimizer steps in the whole run (max_steps, or epochs of micro-batches).")
     base_dtype: Literal["float32", "bfloat16"] = Field(description="dtype of the frozen base, as planned.")
     compute_dtype: Literal["float32", "bfloat16"] = Field(description="dtype of the matrix products, as planned (an adapter run's is its base dtype).")
     parameter_sharding: bool = Field(description="Whether master weights and optimizer state live in memory-mapped files, as planned.")
     memory_budget_mb: int = Field(ge=1, description="The peak memory the run was planned for.")
-    effective_batch: int = Field(ge=1, description="Examples (packed rows when packing) per optimizer step; batch_size and grad_accum_steps are the planned split of it.")
+    effective_batch: int = Field(ge=1, description="Examples per optimizer step; batch_size and grad_accum_steps are the planned split of it.")
 
 
 def total_optimizer_steps(epochs: float, max_steps: Optional[int], micro_batches_per_epoch: int, grad_accum_steps: int) -> int:
@@ -56,7 +55,7 @@ def resolve_config(
     num_examples: int,
     default_num_threads: int,
     plan: MemoryPlan,
-    num_rows: Optional[int] = None,
+    packing: bool = False,
 ) -> ResolvedJobConfig:
     """Fill in the defaults that depend on the model, the data and the machine.
 
@@ -68,13 +67,13 @@ def resolve_config(
         num_examples: examples left after tokenization.
         default_num_threads: threads to use when the job sets none.
         plan: the memory plan: micro-batch, accumulation, checkpointing, base dtype and sharding come from it.
-        num_rows: packed rows when the examples are packed; None when they are not.
+        packing: whether the worker packs each micro-batch (``jobs.job_run._packing``).
 
     Returns:
         The resolved config.
     """
     # Steps count batches of the job's own batch_size, so that a smaller planned micro-batch keeps them.
-    per_epoch = batches_per_epoch(num_rows or num_examples, config.batch_size)
+    per_epoch = batches_per_epoch(num_examples, config.batch_size)
     target_modules = None
     if config.method in ADAPTER_METHODS:
         target_modules = config.lora_target_modules or default_lora_targets(model_type)
@@ -97,8 +96,7 @@ def resolve_config(
         architecture=architecture,
         model_type=model_type,
         num_examples=num_examples,
-        packing=num_rows is not None,
-        num_rows=num_rows,
+        packing=packing,
         batches_per_epoch=per_epoch,
         total_steps=total_optimizer_steps(config.epochs, config.max_steps, per_epoch, config.grad_accum_steps),
     )

@@ -91,10 +91,11 @@ class JobConfig(BaseModel):
     max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Clip the gradient norm to this; null disables clipping.")
     packing: bool = Field(
         True,
-        description="Lay several examples end to end in rows of max_seq_len tokens, attention confined to each example, so that no "
-        "compute goes to padding; batch_size then counts rows. false pads every example to the longest of its micro-batch.",
+        description="Lay each micro-batch's examples end to end in as few rows of at most max_seq_len tokens as hold them, attention "
+        "confined to each example, so that little compute goes to padding; the examples of every step stay the same. false pads every "
+        "example to the longest of its micro-batch.",
     )
-    batch_size: int = Field(1, ge=1, le=4096, description="Examples (packed rows when packing) per micro-batch; the planner may take fewer per micro-batch with more accumulation to fit memory_budget_mb (the effective batch stays).")
+    batch_size: int = Field(1, ge=1, le=4096, description="Examples per micro-batch; the planner may take fewer per micro-batch with more accumulation to fit memory_budget_mb (the effective batch stays).")
     grad_accum_steps: int = Field(4, ge=1, le=4096, description="Micro-batches accumulated per optimizer step (effective batch = batch_size x grad_accum_steps).")
     epochs: float = Field(1.0, gt=0, le=1000, description="Passes over the dataset (ignored when max_steps is set).")
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps.")

@@ -76,9 +76,7 @@ def test_worker_refuses_a_job_that_cannot_fit_with_the_numbers(tmp_path, setting
 
 def test_a_run_replanned_with_a_smaller_micro_batch_resumes_from_its_checkpoint(tmp_path, settings, engine, tiny_model):
     """After a kill for memory the daemon caps the micro-batch: the checkpoint must still be used, at the same data position."""
-    # Unpacked: 12 examples make whole micro-batches of 4 and of 2, while a few packed rows would end an epoch inside a
-    # micro-batch, where a smaller micro-batch changes what a step holds.
-    config = dict(max_steps=4, batch_size=4, grad_accum_steps=1, checkpoint_every_steps=1, learning_rate=1e-2, packing=False)
+    config = dict(max_steps=4, batch_size=4, grad_accum_steps=1, checkpoint_every_steps=1, learning_rate=1e-2)
     dataset = write_jsonl(tmp_path / "chat.jsonl", chat_records(12))
     job_id = create_job(engine, tiny_model(), dataset, **config)
     assert run_worker(job_id, settings, StopAtMicroBatch(2)) == EXIT_STOPPED
@@ -87,7 +85,7 @@ def test_a_run_replanned_with_a_smaller_micro_batch_resumes_from_its_checkpoint(
     assert "resumed from step 2" in [event.message for event in job_events(engine, job_id)]
     straight = create_job(engine, tiny_model(), dataset, **config)
     assert run_worker(straight, settings, StopSignal()) == EXIT_SUCCEEDED
-    # Same examples in every step (the losses agree), summed in another order (so not bit for bit).
+    # Same examples in every step (the losses agree), packed and summed in another order (so not bit for bit).
     assert [row[4] for row in train_metrics(engine, job_id)] == [row[4] for row in train_metrics(engine, straight)]
     assert [row[1] for row in train_metrics(engine, job_id)] == pytest.approx([row[1] for row in train_metrics(engine, straight)], rel=1e-4)
 

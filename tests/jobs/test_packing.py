@@ -1,4 +1,4 @@
-"""Packing changes nothing: each example's loss in a packed row equals its loss alone, and the stream stays deterministic and resumable."""
+"""Packing changes nothing: each example's loss in a packed row equals its loss alone, and every micro-batch holds the examples it holds unpacked."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jobs.batches import MicroBatch, micro_batches, pack_examples, packed_rows, pad_examples
+from jobs.batches import MicroBatch, epoch_layout_fill, micro_batches, pack_micro_batch, packed_rows, pad_examples
 from jobs.chunked_loss import chunked_summed_token_loss
 from jobs.data import IGNORE_INDEX, TokenizedExample
 from jobs.model_setup import add_lora_adapter, load_model
 from jobs.training import plain_summed_token_loss, summed_token_loss
 from jobs.training_state import seed_everything
 
-CAPACITY = 64
+CAPACITY = 100
 
 
 def some_examples(count: int = 9, seed: int = 0) -> list[TokenizedExample]:
@@ -81,7 +81,7 @@ def test_each_example_in_a_packed_row_has_its_loss_alone(tiny_model, architectur
     model = prepared(tiny_model(architecture), "full")
     model.config._attn_implementation = attention
     examples = some_examples()
-    rows = pack_examples([len(example.input_ids) for example in examples], CAPACITY)
+    rows = pack_micro_batch([len(example.input_ids) for example in examples], CAPACITY)
     assert any(len(row) >= 3 for row in rows), "the test needs rows holding several examples"
     with torch.no_grad():
         packed = per_example_losses(model, examples, rows)
@@ -94,7 +94,7 @@ def test_each_example_in_a_packed_row_has_its_loss_alone(tiny_model, architectur
 def test_the_training_loss_and_gradients_of_a_packed_batch_are_those_of_its_examples_alone(tiny_model, architecture, method):
     model = prepared(tiny_model(architecture), method)
     examples = some_examples(seed=1)
-    rows = pack_examples([len(example.input_ids) for example in examples], CAPACITY)
+    rows = pack_micro_batch([len(example.input_ids) for example in examples], CAPACITY)
     batch = packed_batch(examples, rows)
     assert batch.num_loss_tokens == sum(example.num_loss_tokens for example in examples)
     assert batch.num_tokens == sum(len(example.input_ids) for example in examples)
@@ -117,7 +117,7 @@ def test_without_positions_the_examples_would_see_each_other(tiny_model):
     """The check above can fail: the same packed row with an ordinary causal mask gives other losses."""
     model = prepared(tiny_model("Qwen2ForCausalLM"), "full")
     examples = some_examples()
-    rows = pack_examples([len(example.input_ids) for example in examples], CAPACITY)
+    rows = pack_micro_batch([len(example.input_ids) for example in examples], CAPACITY)
     batch = packed_batch(examples, rows)
     with torch.no_grad():
         confined = chunked_summed_token_loss(model, batch.input_ids, batch.attention_mask, batch.labels, position_ids=batch.position_ids)
@@ -125,15 +125,22 @@ def test_without_positions_the_examples_would_see_each_other(tiny_model):
     assert abs(confined.item() - leaking.item()) > 1e-3
 
 
-def test_best_fit_fills_rows_without_splitting_examples():
-    lengths = [60, 50, 40, 30, 20, 14, 10, 10, 4, 64, 70]
-    rows = pack_examples(lengths, CAPACITY)
-    assert sorted(index for row in rows for index in row) == list(range(len(lengths)))
-    for row in rows:
-        assert sum(lengths[i] for i in row) <= CAPACITY or len(row) == 1
-    # The 70- and 64-token examples take a row each; the other 238 tokens fit the fewest rows possible, 4.
-    assert len(rows) == 6
-    assert rows == pack_examples(lengths, CAPACITY), "packing is deterministic"
+def test_a_micro_batch_packs_into_the_fewest_balanced_rows():
+    lengths = [60, 50, 40, 30, 20, 14, 10, 10, 4, 64, 70]  # 372 tokens: 4 rows of 100 hold them
+    rows = pack_micro_batch(lengths, CAPACITY)
+    assert sorted(index for row in rows for index in row) == list(range(len(lengths))), "every example once, none split"
+    loads = sorted(sum(lengths[i] for i in row) for row in rows)
+    assert len(rows) == 4 and loads[-1] <= CAPACITY
+    assert loads[-1] - loads[0] <= 10, f"rows of about equal length, so that little of the longest row's width is padding: {loads}"
+    assert rows == pack_micro_batch(lengths, CAPACITY), "deterministic"
+    assert pack_micro_batch([200, 100, 80, 30], 256) == [[0], [1, 2, 3]]
+
+
+@pytest.mark.parametrize("lengths", [[100, 100, 100], [256, 256, 256, 256], [246, 128, 224, 137], [7]])
+def test_a_micro_batch_stays_padded_when_rows_would_not_be_smaller(lengths):
+    """Equal lengths have no padding to save; 3 x 100 in rows of 256 would be 2 rows of 200, more than padded;
+    246, 224, 137 and 128 fit no 3 rows of 256."""
+    assert pack_micro_batch(lengths, 256) is None
 
 
 def test_a_packed_row_restarts_positions_and_masks_each_first_token():
@@ -145,19 +152,28 @@ def test_a_packed_row_restarts_positions_and_masks_each_first_token():
     assert labels.tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9], [IGNORE_INDEX, 9, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]]
 
 
-def test_the_packed_stream_is_deterministic_and_resumes_at_any_position():
+def test_packing_keeps_every_micro_batch_s_examples_and_resumes_at_any_position():
     examples = some_examples(count=30)
-    rows = pack_examples([len(example.input_ids) for example in examples], CAPACITY)
-    whole = list(islice(micro_batches(examples, 2, seed=3, pad_token_id=0, rows=rows), 3 * len(rows)))
-    again = list(islice(micro_batches(examples, 2, seed=3, pad_token_id=0, rows=rows), 3 * len(rows)))
-    assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(whole, again))
-    per_epoch = (len(rows) + 1) // 2
-    epoch_tokens = sum(batch.num_tokens for batch in whole[:per_epoch])
-    assert epoch_tokens == sum(len(example.input_ids) for example in examples), "every example once per epoch"
-    assert not torch.equal(whole[0].input_ids, whole[per_epoch].input_ids), "each epoch shuffles the rows"
-    for cut in (1, per_epoch - 1, per_epoch + 2):
-        position = whole[cut - 1]
-        resumed = micro_batches(examples, 2, 3, 0, position.next_epoch, position.next_batch_in_epoch, rows=rows)
-        for expected, batch in zip(whole[cut:], islice(resumed, 4)):
+    packed = list(islice(micro_batches(examples, 4, seed=3, pad_token_id=0, pack_capacity=CAPACITY), 20))
+    padded = list(islice(micro_batches(examples, 4, seed=3, pad_token_id=0), 20))
+    assert sum(batch.position_ids is not None for batch in packed) >= 10, "most micro-batches of these lengths pack"
+    for a, b in zip(packed, padded):
+        assert sorted(a.input_ids[a.attention_mask.bool()].tolist()) == sorted(b.input_ids[b.attention_mask.bool()].tolist())
+        assert (a.num_loss_tokens, a.next_epoch, a.next_batch_in_epoch) == (b.num_loss_tokens, b.next_epoch, b.next_batch_in_epoch)
+    assert sum(a.input_ids.numel() for a in packed) < 0.85 * sum(b.input_ids.numel() for b in padded)
+    for cut in (1, 8, 9):  # 8 micro-batches per epoch: inside the first, at its end, inside the second
+        position = packed[cut - 1]
+        resumed = micro_batches(examples, 4, 3, 0, position.next_epoch, position.next_batch_in_epoch, pack_capacity=CAPACITY)
+        for expected, batch in zip(packed[cut:], islice(resumed, 4)):
             assert torch.equal(expected.input_ids, batch.input_ids)
-            assert torch.equal(expected.position_ids, batch.position_ids)
+            assert (expected.position_ids is None) == (batch.position_ids is None)
+            assert expected.position_ids is None or torch.equal(expected.position_ids, batch.position_ids)
+
+
+def test_the_epoch_fill_counts_what_the_stream_lays_out():
+    examples = some_examples(count=30)
+    lengths = [len(example.input_ids) for example in examples]
+    for capacity in (CAPACITY, None):
+        batches = list(islice(micro_batches(examples, 4, seed=3, pad_token_id=0, pack_capacity=capacity), 8))
+        laid_out = sum(batch.input_ids.numel() for batch in batches)
+        assert epoch_layout_fill(lengths, 4, 3, 0, capacity) == pytest.approx(sum(lengths) / laid_out)

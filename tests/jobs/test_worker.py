@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 
+import pytest
 from sqlmodel import select
 
 from jobs.precision import bfloat16_matmul_supported
@@ -13,7 +14,7 @@ from jobs.worker import describe_failure, run_worker
 from mftd.db import new_session
 from mftd.protocol import ADAPTER_DIRNAME, EXIT_BAD_CONFIG, EXIT_FAILED, EXIT_SUCCEEDED, RESOLVED_CONFIG_FILENAME
 from mftd.tables import Job, Metric
-from tests.jobs.helpers import chat_records, create_job, job_events, job_row, prompt_completion_records, text_records, write_jsonl
+from tests.jobs.helpers import chat_records, create_job, job_events, job_row, prompt_completion_records, text_records, train_metrics, write_jsonl
 
 
 def error_events(engine, job_id):
@@ -22,17 +23,18 @@ def error_events(engine, job_id):
 
 def test_successful_run_reports_progress_metrics_and_artifacts(tmp_path, settings, engine, tiny_model):
     dataset = write_jsonl(tmp_path / "pc.jsonl", prompt_completion_records(10))
-    # Unpacked, so that the step count follows from the examples: 10 examples, 2 x 2 per step, 2 epochs.
-    job_id = create_job(engine, tiny_model(), dataset, batch_size=2, grad_accum_steps=2, epochs=2, log_every_steps=2, packing=False)
+    # 10 examples, 2 x 2 per step, 2 epochs: 5 steps.
+    job_id = create_job(engine, tiny_model(), dataset, batch_size=2, grad_accum_steps=2, epochs=2, log_every_steps=2)
     assert run_worker(job_id, settings, StopSignal()) == EXIT_SUCCEEDED
 
     messages = [event.message for event in job_events(engine, job_id)]
     assert messages[0].startswith("dataset: 10 examples, ") and messages[0].endswith(" tokens, 0 truncated")
     settings_shown = "micro-batch 2 x 2, bfloat16 base" if bfloat16_matmul_supported() else "micro-batch 2 x 2"  # a null base_dtype
     assert messages[1].startswith(f"memory plan: {settings_shown}: estimate ")
-    assert messages[2].startswith("threads: ")
-    assert messages[3] == "loading model"
-    assert messages[4].startswith("model loaded (") and " trainable)" in messages[4]
+    assert messages[2].startswith("packing: micro-batches of 2 examples are ") and "% real tokens (" in messages[2]
+    assert messages[3].startswith("threads: ")
+    assert messages[4] == "loading model"
+    assert messages[5].startswith("model loaded (") and " trainable)" in messages[5]
     assert messages[-1] == "artifacts saved"
     resolved = json.loads((settings.job_dir(job_id) / RESOLVED_CONFIG_FILENAME).read_text())
     assert resolved["total_steps"] == 5 and resolved["lora_target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -46,19 +48,28 @@ def test_successful_run_reports_progress_metrics_and_artifacts(tmp_path, setting
     assert (settings.job_dir(job_id) / ADAPTER_DIRNAME / "adapter_model.safetensors").is_file()
 
 
-def test_packed_examples_count_rows_for_the_steps(tmp_path, settings, engine, tiny_model):
-    dataset = write_jsonl(tmp_path / "text.jsonl", text_records(12))
-    job_id = create_job(engine, tiny_model(), dataset, batch_size=2, grad_accum_steps=1, max_seq_len=24)
-    assert run_worker(job_id, settings, StopSignal()) == EXIT_SUCCEEDED
-    resolved = json.loads((settings.job_dir(job_id) / RESOLVED_CONFIG_FILENAME).read_text())
-    assert resolved["packing"] is True and 1 <= resolved["num_rows"] < 12
-    assert resolved["total_steps"] == resolved["batches_per_epoch"] == -(-resolved["num_rows"] // 2)
-    packed = [event.message for event in job_events(engine, job_id) if event.message.startswith("packed ")]
-    assert packed == [f"packed 12 examples into {resolved['num_rows']} rows of up to 24 tokens ({packed[0].split('(')[1]}"]
-    with new_session(engine) as session:
-        tokens = sum(metric.tokens for metric in session.exec(select(Metric).where(Metric.job_id == job_id)).all())
-    [dataset_event] = [event for event in job_events(engine, job_id) if event.message.startswith("dataset: ")]
-    assert tokens == json.loads(dataset_event.data_json)["tokens"], "one epoch: every example's tokens, once, no padding counted"
+def test_packing_trains_the_same_steps_on_the_same_examples(tmp_path, settings, engine, tiny_model):
+    """Packed and padded runs take the same steps over the same tokens, and their losses agree to float tolerance."""
+    # Mostly short texts and one long one, which sets the rows' capacity: packing has something to save.
+    dataset = write_jsonl(tmp_path / "text.jsonl", text_records(11) + [{"text": " ".join(record["text"] for record in text_records(4, seed=1))}])
+    runs = {}
+    for packing in (True, False):
+        job_id = create_job(
+            engine, tiny_model(), dataset, batch_size=4, grad_accum_steps=1, max_seq_len=128, base_dtype="float32", log_every_steps=1, packing=packing
+        )
+        assert run_worker(job_id, settings, StopSignal()) == EXIT_SUCCEEDED
+        resolved = json.loads((settings.job_dir(job_id) / RESOLVED_CONFIG_FILENAME).read_text())
+        assert resolved["packing"] is packing and resolved["total_steps"] == resolved["batches_per_epoch"] == 3
+        runs[packing] = (job_id, train_metrics(engine, job_id))
+    (packed_job, packed), (_, padded) = runs[True], runs[False]
+    assert [(step, tokens) for step, _, _, _, tokens in packed] == [(step, tokens) for step, _, _, _, tokens in padded]
+    for (_, packed_loss, _, packed_norm, _), (_, padded_loss, _, padded_norm, _) in zip(packed, padded):
+        assert packed_loss == pytest.approx(padded_loss, rel=1e-4) and packed_norm == pytest.approx(padded_norm, rel=1e-3)
+    [event] = [event for event in job_events(engine, packed_job) if event.message.startswith("packing: ")]
+    fill = json.loads(event.data_json)
+    assert fill["padded_fill"] < fill["fill"] <= 1, "the text records differ in length, so packing saves padding"
+    [dataset_event] = [event for event in job_events(engine, packed_job) if event.message.startswith("dataset: ")]
+    assert sum(tokens for *_, tokens in packed) == json.loads(dataset_event.data_json)["tokens"], "one epoch: every token once"
 
 
 def test_text_dataset_with_full_fine_tuning_and_gradient_checkpointing(tmp_path, settings, engine, tiny_model):
