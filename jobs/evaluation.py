@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from jobs.batches import MicroBatch, pad_examples
 from jobs.data import TokenizedExample
+from jobs.precision import computing_in
 from jobs.training import summed_token_loss
 from jobs.training_state import capture_rng_state, restore_rng_state
 
@@ -37,7 +38,9 @@ def perplexity_of(loss: float) -> float:
     return math.exp(loss) if loss < MAX_LOSS_FOR_PERPLEXITY else math.inf
 
 
-def evaluate(model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int, pad_token_id: int) -> EvalResult:
+def evaluate(
+    model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int, pad_token_id: int, compute_dtype: Optional[torch.dtype] = None
+) -> EvalResult:
     """The model's token-mean loss and perplexity on ``examples``, in their order.
 
     Args:
@@ -45,6 +48,7 @@ def evaluate(model: torch.nn.Module, examples: Sequence[TokenizedExample], batch
         examples: tokenized validation examples.
         batch_size: examples per forward pass.
         pad_token_id: the id padding positions get.
+        compute_dtype: the dtype training multiplies in (``jobs.precision.computing_in``); None: the weights' dtypes.
 
     Returns:
         The loss, perplexity and loss-token count.
@@ -58,7 +62,8 @@ def evaluate(model: torch.nn.Module, examples: Sequence[TokenizedExample], batch
             for start in range(0, len(examples), batch_size):
                 input_ids, attention_mask, labels = pad_examples(examples[start : start + batch_size], pad_token_id)
                 batch = MicroBatch(input_ids, attention_mask, labels, next_epoch=0, next_batch_in_epoch=0)
-                summed += summed_token_loss(model, batch).item()
+                with computing_in(model, compute_dtype):
+                    summed += summed_token_loss(model, batch).item()
                 loss_tokens += batch.num_loss_tokens
     finally:
         model.train(was_training)

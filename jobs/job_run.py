@@ -147,6 +147,9 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
     last_checkpoint_step = progress.step
     throttle = ThrottleFile(job_dir / THROTTLE_FILENAME)
 
+    # Full fine-tuning's planned compute dtype, or an adapter's base dtype: products in bfloat16 either way.
+    compute_dtype = torch.bfloat16 if resolved.compute_dtype == "bfloat16" else None
+
     def save_checkpoint(progress: TrainingProgress, rng_state: dict[str, Any]) -> None:
         nonlocal last_checkpoint_step
         contents = _checkpoint_contents(model, optimizer, scheduler, progress, rng_state, config_json, sharded)
@@ -160,7 +163,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
         if report.step % resolved.log_every_steps == 0 or is_last:
             reporter.metric(report.step, report.loss, report.learning_rate, report.grad_norm, report.tokens, report.tokens_per_second)
         if validation is not None and (is_last or (resolved.eval_every_steps and report.step % resolved.eval_every_steps == 0)):
-            result = evaluate(model, validation.examples, resolved.batch_size, tokenizer.pad_token_id)
+            result = evaluate(model, validation.examples, resolved.batch_size, tokenizer.pad_token_id, compute_dtype)
             reporter.eval_metric(report.step, result.loss, result.perplexity, result.loss_tokens)
             reporter.event(
                 f"step {report.step}: validation loss {result.loss:.4f}, perplexity {result.perplexity:.2f}",
@@ -181,7 +184,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
     outcome = train(
         model, optimizer, scheduler, batches, progress, resolved.total_steps, resolved.grad_accum_steps,
         resolved.max_grad_norm, stop.is_requested, on_step, stepper=sharded,
-        autocast_dtype=torch.bfloat16 if resolved.method == "full" and resolved.compute_dtype == "bfloat16" else None,
+        autocast_dtype=compute_dtype,
     )
     _report_peak_memory(reporter, plan)
     if outcome.end == LoopEnd.STOPPED:

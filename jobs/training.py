@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from jobs.batches import MicroBatch
 from jobs.chunked_loss import chunked_summed_token_loss, is_chunkable
 from jobs.data import IGNORE_INDEX
+from jobs.precision import computing_in
 from jobs.training_state import TrainingProgress, capture_rng_state
 
 
@@ -147,9 +148,9 @@ def train(
         on_step: called after every optimizer step with its report, the progress and the RNG state.
         stepper: how gradients become steps; None is the ordinary ``OptimizerStepper`` over ``optimizer``
             (``optimizer`` then only serves the scheduler).
-        autocast_dtype: run the forward pass under CPU autocast to this dtype (full fine-tuning in
-            bfloat16: float32 weights, bfloat16 matrix products); None computes in the weights' dtype.
-            Autocast's weight cache is off, so a bfloat16 copy lives only as long as autograd needs it.
+        autocast_dtype: run the forward pass with matrix products in this dtype (``jobs.precision.computing_in``):
+            full fine-tuning in bfloat16 (float32 weights, bfloat16 products), or adapters on a bfloat16
+            base (float32 adapter weights, bfloat16 products); None computes in the weights' dtypes.
 
     Returns:
         How the loop ended, with the progress and RNG state of the last completed step.
@@ -169,7 +170,7 @@ def train(
             if is_stop_requested():
                 stepper.discard()
                 return LoopOutcome(LoopEnd.STOPPED, progress, rng_state)
-            with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None, cache_enabled=False):
+            with computing_in(model, autocast_dtype):
                 loss = summed_token_loss(model, batch)
             stepper.backward(loss / group_loss_tokens, is_last_micro_batch=index == len(group) - 1)
             summed_loss += loss.item()

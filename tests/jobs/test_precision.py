@@ -9,7 +9,7 @@ import torch
 
 from jobs.batches import micro_batches
 from jobs.data import TokenizedExample
-from jobs.model_setup import load_model
+from jobs.model_setup import add_lora_adapter, load_model
 from jobs.precision import bfloat16_matmul_problem, bfloat16_matmul_supported
 from jobs.stop import StopSignal
 from jobs.training import train
@@ -65,3 +65,29 @@ def test_autocast_training_multiplies_in_bfloat16_and_stays_close_to_float32(tin
     assert seen == {torch.float32, torch.bfloat16}
     assert losses[torch.bfloat16] == pytest.approx(losses[None], rel=2e-2)
     assert losses[torch.bfloat16] != losses[None]
+
+
+def test_adapters_on_a_bfloat16_base_multiply_in_bfloat16_without_peft_s_float32_copies(tiny_model):
+    """Under ``computing_in`` an adapter takes the base's bfloat16 activations as they are; its weights stay float32 and learn."""
+    examples = [TokenizedExample(list(range(10 + i, 40 + i)), list(range(10 + i, 40 + i))) for i in range(4)]
+    losses, inputs_seen = {}, {}
+    for dtype in (None, torch.bfloat16):
+        torch.manual_seed(0)
+        model = add_lora_adapter(load_model(tiny_model("LlamaForCausalLM"), torch.bfloat16), 4, 8.0, 0.0, ["q_proj", "v_proj"])
+        adapter = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"]
+        seen = inputs_seen.setdefault(dtype, set())
+        hook = adapter.register_forward_hook(lambda module, inputs, output: seen.add((inputs[0].dtype, output.dtype)))
+        before = {name: parameter.detach().clone() for name, parameter in model.named_parameters() if parameter.requires_grad}
+        optimizer = torch.optim.AdamW([parameter for parameter in model.parameters() if parameter.requires_grad], lr=1e-2)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        reports = []
+        train(model, optimizer, scheduler, micro_batches(examples, 2, 0, 0), TrainingProgress(), 3, 2, 1.0, lambda: False,
+              lambda report, progress, rng: reports.append(report.loss), autocast_dtype=dtype)
+        hook.remove()
+        losses[dtype] = reports
+        trained = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+        assert {parameter.dtype for parameter in trained.values()} == {torch.float32}
+        assert all(not torch.equal(before[name], parameter) for name, parameter in trained.items() if "lora_B" in name), "B learns"
+    assert inputs_seen[None] == {(torch.float32, torch.float32)}, "PEFT alone copies the input to float32"
+    assert inputs_seen[torch.bfloat16] == {(torch.bfloat16, torch.bfloat16)}
+    assert losses[torch.bfloat16] == pytest.approx(losses[None], rel=2e-2)
