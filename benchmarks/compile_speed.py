@@ -37,14 +37,80 @@ def load_average() -> str:
     return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
+def interleaved(model_dir: Path, pairs: int, threads: int) -> None:
+    """One process, one model: a step with the eager layers, then one with the compiled layers, ``pairs`` times.
+
+    A step is the worker's: the chunked loss of 4 packed rows of 256 tokens, its backward pass and an
+    AdamW step of the adapter. Switching costs nothing (the compiled code stays cached), so each pair
+    sees nearly the same machine load: the ratio of a pair's times is the least noisy comparison.
+    """
+    import time
+
+    import torch
+
+    from jobs.batches import MicroBatch, packed_rows
+    from jobs.compile import compile_decoder_layers
+    from jobs.data import tokenize_dataset
+    from jobs.mapped_weights import load_mapped_model
+    from jobs.model_setup import add_lora_adapter, load_tokenizer
+    from jobs.training import summed_token_loss
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder) / "inductor")
+        data = write_fixed_length_examples(Path(folder) / "fixed.jsonl", 4)
+        examples = tokenize_dataset(data, load_tokenizer(model_dir), "auto", 256).examples
+        input_ids, attention_mask, labels, position_ids = packed_rows(examples, [[0], [1], [2], [3]], 0)
+        batch = MicroBatch(input_ids, attention_mask, labels, 0, 0, position_ids)
+        model = load_mapped_model(model_dir, torch.bfloat16)
+        torch.manual_seed(0)
+        model = add_lora_adapter(model, 8, 16.0, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj"])
+        model.train()
+        optimizer = torch.optim.AdamW([parameter for parameter in model.parameters() if parameter.requires_grad], lr=1e-4)
+
+        def step() -> float:
+            started = time.perf_counter()
+            loss = summed_token_loss(model, batch)
+            (loss / batch.num_loss_tokens).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return time.perf_counter() - started
+
+        print(f"load before: {load_average()}; 4 packed rows x 256 tokens, bfloat16 base, LoRA r8 on q,k,v,o, {threads} threads", flush=True)
+        step()  # warm-up of the eager path
+        started = time.perf_counter()
+        _stream, compiled = compile_decoder_layers(model, iter([batch]), None, Path(folder) / "unused", lambda message, **_: print(message, flush=True))
+        print(f"compile (trial step included): {time.perf_counter() - started:.1f} s", flush=True)
+        if compiled is None:
+            return
+        compiled_forwards = [layer.forward for layer in compiled.layers]
+        step()  # warm-up of the compiled path
+        ratios = []
+        for pair in range(1, pairs + 1):
+            for layer in compiled.layers:
+                del layer.forward
+            eager_seconds = step()
+            for layer, forward in zip(compiled.layers, compiled_forwards):
+                layer.forward = forward
+            compiled_seconds = step()
+            ratios.append(eager_seconds / compiled_seconds)
+            print(f"pair {pair}: eager {1024 / eager_seconds:6.1f} tokens/s, compiled {1024 / compiled_seconds:6.1f} tokens/s, "
+                  f"compiled/eager {ratios[-1]:.3f}; load {load_average()}", flush=True)
+        print(f"compiled/eager over {pairs} pairs: median {statistics.median(ratios):.3f}, range {min(ratios):.3f}-{max(ratios):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="Eager-then-compiled pairs.")
     parser.add_argument("--steps", type=int, default=6, help="Optimizer steps per job (the first is not counted).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dataset", choices=("fixed", "chat"), default="fixed")
+    parser.add_argument("--interleaved", action="store_true", help="Alternate eager and compiled steps on one model in this process (--rounds pairs).")
     args = parser.parse_args()
     model_dir = ensure_smollm2()
+    if args.interleaved:
+        interleaved(model_dir, args.rounds, args.threads)
+        return
     with tempfile.TemporaryDirectory() as folder:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder) / "inductor")
         if args.dataset == "fixed":
