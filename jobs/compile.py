@@ -18,6 +18,9 @@ returned by ``torch.autograd.grad`` and dropped (no ``.grad`` is written, no gra
 and the random generators are put back. If it raises, or a compiled layer raises later (a new
 shape that does not compile), every layer goes back to its eager ``forward`` for the rest of the
 run, a warning event gives the reason, and training goes on: the same steps of the same model.
+A failure inside a later backward pass is not caught here: it fails the run, which the daemon
+resumes from its last checkpoint. With dynamic shapes, nothing compiles after the trial as a rule
+(one graph served every row length and the short last micro-batch in ``tests/jobs/test_compile.py``).
 
 Compiled code is cached on disk in ``TORCHINDUCTOR_CACHE_DIR`` (the environment's, else
 ``<data dir>/cache/inductor``), so a resumed job, or another job of the same model, compiles in a
