@@ -9,7 +9,11 @@ compiled jobs share one new inductor cache folder, so round 1 compiles cold and 
 the cache, as a resumed job does. Taking the variants in turns, and the ratio within each round,
 keeps a shared machine's load out of the comparison as far as it can be.
 
-    python benchmarks/compile_speed.py [--rounds 2] [--steps 6] [--threads 2] [--dataset fixed|chat]
+``--interleaved`` compares at a finer grain, for a busy machine: one process, one model, the layers
+compiled once (the time is shown), then ``--rounds`` pairs of one eager and one compiled step
+(the worker's step: chunked loss, backward, AdamW) on the same 4 rows of 256 tokens.
+
+    python benchmarks/compile_speed.py [--rounds 2] [--steps 6] [--threads 2] [--dataset fixed|chat] [--interleaved]
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def interleaved(model_dir: Path, pairs: int, threads: int) -> None:
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as folder:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder) / "inductor")
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(folder) / "inductor"))  # a set one: a warm cache
         data = write_fixed_length_examples(Path(folder) / "fixed.jsonl", 4)
         examples = tokenize_dataset(data, load_tokenizer(model_dir), "auto", 256).examples
         input_ids, attention_mask, labels, position_ids = packed_rows(examples, [[0], [1], [2], [3]], 0)
