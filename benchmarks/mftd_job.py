@@ -35,6 +35,8 @@ class MftdRun:
     validation_loss: Optional[float]
     resolved_config: dict[str, Any]
     padding_share: Optional[float]
+    compile_seconds: Optional[float] = None  # the compile event's time, when the job compiled its layers
+    compile_warnings: tuple[str, ...] = ()
 
     def describe_settings(self) -> str:
         """The resolved settings of SHOWN_SETTINGS that this code has, as ``key=value`` pairs."""
@@ -60,6 +62,7 @@ def run_mftd_job(model_dir: Path, train: Path, validation: Optional[Path], confi
         environment = {**WORKER_MALLOC_ENV, **os.environ}  # as the daemon starts its workers: the user's own settings win
         worker = subprocess.run(worker_command(job_id, Path(data_dir), sys.executable), cwd=ROOT, env=environment, capture_output=True, text=True)
         metrics, eval_losses, errors = _job_records(engine, job_id)
+        compile_seconds, compile_warnings = _compile_records(engine, job_id)
         if worker.returncode != 0:
             reason = errors[-1] if errors else (worker.stdout + worker.stderr)[-3000:]
             sys.exit(f"the mftd worker failed on {train.name} (exit status {worker.returncode}): {reason}")
@@ -71,6 +74,8 @@ def run_mftd_job(model_dir: Path, train: Path, validation: Optional[Path], confi
         validation_loss=eval_losses[-1] if eval_losses else None,
         resolved_config=resolved,
         padding_share=padding_share(model_dir, train, resolved, step_tokens),
+        compile_seconds=compile_seconds,
+        compile_warnings=compile_warnings,
     )
 
 
@@ -140,3 +145,16 @@ def _job_records(engine, job_id: int) -> tuple[list[dict], list[float], list[str
             [m.loss for m in metrics if m.split == "eval"],
             [event.message for event in errors],
         )
+
+
+def _compile_records(engine, job_id: int) -> tuple[Optional[float], tuple[str, ...]]:
+    """The seconds the job's compile event reports (None without one), and its compile warnings."""
+    from sqlmodel import select
+
+    from mftd.db import new_session
+    from mftd.tables import Event
+
+    with new_session(engine) as session:
+        events = session.exec(select(Event).where(Event.job_id == job_id, Event.kind == "compile").order_by(Event.id)).all()
+        seconds = [json.loads(event.data_json)["seconds"] for event in events if event.level == "info" and event.data_json]
+        return (seconds[-1] if seconds else None), tuple(event.message for event in events if event.level == "warning")

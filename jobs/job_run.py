@@ -27,6 +27,7 @@ from jobs.checkpoint import (
     verify_checkpoint,
     write_checkpoint,
 )
+from jobs.compile import compile_decoder_layers
 from jobs.cores import use_cores
 from jobs.data import FALLBACK_CHAT_TEMPLATE, TokenizedDataset, tokenize_dataset
 from jobs.errors import CorruptCheckpointError, DatasetNotUsableError, JobConfigError, JobNotFoundError
@@ -67,7 +68,7 @@ from mftd.tables import Dataset, Job, Model
 # Bookkeeping that may differ between runs without making a checkpoint unusable. (Another thread
 # count can change the last bits of sums, but resuming is still far better than starting over.)
 FIELDS_THAT_DO_NOT_CHANGE_TRAINING = frozenset(
-    {"num_threads", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "validation_dataset", "eval_every_steps", "constraints"}
+    {"num_threads", "compile", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "validation_dataset", "eval_every_steps", "constraints"}
 )
 # The memory plan's split of the effective batch (which is compared) and how activations are kept:
 # a run re-planned after a kill for memory resumes with another micro-batch (see _continue_position).
@@ -181,10 +182,11 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
         dataset.examples, resolved.batch_size, resolved.seed, tokenizer.pad_token_id, progress.epoch, progress.batch_in_epoch,
         _pack_capacity(dataset) if resolved.packing else None,
     )
+    if resolved.compile:
+        batches, _compiled = compile_decoder_layers(model, batches, compute_dtype, settings.data_dir / "cache" / "inductor", reporter.event)
     outcome = train(
         model, optimizer, scheduler, batches, progress, resolved.total_steps, resolved.grad_accum_steps,
-        resolved.max_grad_norm, stop.is_requested, on_step, stepper=sharded,
-        autocast_dtype=compute_dtype,
+        resolved.max_grad_norm, stop.is_requested, on_step, stepper=sharded, autocast_dtype=compute_dtype,
     )
     _report_peak_memory(reporter, plan)
     if outcome.end == LoopEnd.STOPPED:

@@ -96,7 +96,7 @@ class ShardedAdamW:
         self.exp_avg = MappedFile(self.shard_dir / EXP_AVG_FILENAME, num_elements, create=True)
         self.exp_avg_sq = MappedFile(self.shard_dir / EXP_AVG_SQ_FILENAME, num_elements, create=True)
         self.gradients = MappedFile(self.shard_dir / GRADIENTS_FILENAME, num_elements, create=True)
-        self.layers = _decoder_layers(model)
+        self.layers = decoder_layers(model)
         layer_of = {id(parameter): index for index, layer in enumerate(self.layers) for parameter in layer.parameters()}
         self.entries = [
             _Entry(name, parameter, slot, groups[id(parameter)], layer_of.get(id(parameter))) for (name, parameter), slot in zip(named, slots)
@@ -316,7 +316,7 @@ def _row_pieces(tensor: torch.Tensor) -> list[slice]:
     return [slice(start, start + rows_per_piece) for start in range(0, tensor.size(0), rows_per_piece)]
 
 
-def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated blocks of the model: its ``ModuleList`` with the most parameters (empty if it has none)."""
     lists = [module for module in model.modules() if isinstance(module, torch.nn.ModuleList)]
     if not lists:

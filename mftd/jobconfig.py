@@ -122,6 +122,12 @@ class JobConfig(BaseModel):
         description="Full fine-tuning only: keep fp32 master weights and AdamW state in memory-mapped files, one layer in memory at a time, "
         "with the optimizer step fused into the backward pass. null lets the planner decide (on when the budget needs it).",
     )
+    compile: bool = Field(
+        False,
+        description="Try torch.compile on the decoder layers for training (needs a C++ compiler, e.g. Termux's clang). Any failure, "
+        "or no compiler, is a warning event and training goes on eager. Compiling takes a minute or more per run (less from the "
+        "cache in <data dir>/cache/inductor); results match eager to float rounding, not bit for bit.",
+    )
     num_threads: Optional[int] = Field(None, ge=1, le=256, description="CPU threads for training (default: one per performance core; more than that also uses the slower cores).")
     constraints: JobConstraints = Field(
         default_factory=JobConstraints, description="When the device may train this job; fields left null use the daemon's defaults."

@@ -66,3 +66,9 @@ def test_resolved_config_is_saved_as_json_that_reads_back(tmp_path):
 @pytest.mark.parametrize("asked, resolved", [(True, True), (False, False), (None, False)])
 def test_parameter_sharding_resolves_to_a_bool(asked, resolved):
     assert resolve(method="full", parameter_sharding=asked).parameter_sharding is resolved
+
+
+def test_compile_is_off_unless_asked_and_is_recorded():
+    assert resolve().compile is False
+    assert resolve(compile=True).compile is True
+    assert JobConfig.model_validate_json('{"compile": true}').compile is True
