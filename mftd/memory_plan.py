@@ -8,7 +8,17 @@ A pure function of numbers: nothing is loaded or measured here. The estimate add
   intermediates, or only its input with gradient checkpointing plus one layer recomputed);
 - logits: the chunked cross-entropy's working set (a few chunks of float logits);
 - runtime: Python, torch, transformers, PEFT, the tokenizer (it grows with the vocabulary) and the
-  allocator's slack.
+  allocator's slack;
+- mapped (parameter sharding only): pages of the shard files that the run reads in full every step
+  (the float32 output matrix, the tied embedding) and that stay in its RSS while memory allows.
+
+The first six parts are the resident need, what must stay in memory: a plan fits its budget when
+the resident need does. The mapped pages are the kernel's to drop (a sharded plan exists to run
+below the size of its mapped files), so they count only as far as the budget leaves room beyond
+the resident need: the plan's estimate (``MemoryPlan.estimate.total``, ``estimate_mb``) is the
+expected peak RSS, min(budget, resident need + mapped working set), and ``resident_mb`` is the
+figure the fit is decided on. Where nothing caps the run, the mapped pages can stay beyond the budget
+while the device has memory free.
 
 The constants were fitted on worker runs of SmolLM2-135M and Gemma 3 270M (LoRA in float32 and
 bfloat16, with and without checkpointing, micro-batch 1 and 4, and full fine-tuning; sequence 256)
@@ -41,7 +51,11 @@ LOGIT_CHUNK_COPIES = 3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 # Parameter sharding keeps resident: two layers (the one at work and the one read ahead), a block of
 # the embedding's rows (its gradient is built a block at a time, the rest of it is page cache the
-# kernel can drop) and AdamW's working set for a piece of rows.
+# kernel can drop) and AdamW's working set for a piece of rows. Beyond that, the output layer reads
+# its whole float32 weight (the tied embedding) from the weights file every step, and those pages
+# stay mapped, counted in RSS, until the backward pass releases them or memory runs short: the
+# mapped working set (measured at the peak under a 2,560 MB cap: 504 of Qwen2.5-0.5B's 519 MB; under
+# tighter caps only what the cap leaves beside the resident need).
 SHARDED_BLOCK_MB = 16.0
 SHARDED_OPTIMIZER_WORKING_MB = 64.0
 
@@ -89,7 +103,12 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Estimated peak memory of a run, by part, in MB."""
+    """Estimated peak memory of a run, by part, in MB.
+
+    ``mapped`` is the part of the peak RSS that is file pages the kernel may drop (a sharded run's
+    output matrix, read every step): not part of the resident need. From ``estimate_peak`` it is the
+    whole mapped working set; in a plan, only what the budget leaves room for (``within``).
+    """
 
     weights: float
     gradients: float
@@ -97,15 +116,27 @@ class MemoryEstimate:
     activations: float
     logits: float
     runtime: float
+    mapped: float = 0.0
+
+    @property
+    def resident(self) -> float:
+        """What must stay in memory for the run to go on: whether a plan fits is decided on this."""
+        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.runtime
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.runtime
+        """The expected peak RSS: the resident need and the mapped pages that stay."""
+        return self.resident + self.mapped
+
+    def within(self, budget_mb: float) -> "MemoryEstimate":
+        """This estimate in a budget: mapped pages stay only in the room the resident need leaves (the kernel drops them first)."""
+        return replace(self, mapped=min(self.mapped, max(0.0, budget_mb - self.resident)))
 
     def describe(self) -> str:
+        mapped = f", mapped {self.mapped:,.0f}; resident {self.resident:,.0f}" if self.mapped else ""
         return (
             f"estimate {self.total:,.0f} MB (weights {self.weights:,.0f}, gradients {self.gradients:,.0f}, optimizer {self.optimizer:,.0f}, "
-            f"activations {self.activations:,.0f}, logits {self.logits:,.0f}, runtime {self.runtime:,.0f})"
+            f"activations {self.activations:,.0f}, logits {self.logits:,.0f}, runtime {self.runtime:,.0f}{mapped})"
         )
 
 
@@ -136,8 +167,9 @@ def estimate_peak(
         sequence: tokens per example (the longest, max_seq_len).
         gradient_checkpointing: whether layers recompute their activations in the backward pass.
         parameter_sharding: full fine-tuning with master weights and optimizer state in mapped files:
-            what must stay resident (two layers and a block of embedding rows); the rest of the mapped
-            weights is page cache that the kernel drops under pressure, so an uncapped run's RSS is higher.
+            what must stay resident (two layers and a block of embedding rows), and as ``mapped`` the
+            float32 output matrix the loss reads in full every step, whose pages stay in RSS while
+            memory allows (the rest of the mapped files is page cache that the kernel drops).
         compute_dtype: full fine-tuning's matrix products: bfloat16 autocast keeps a bfloat16 copy of each
             decoder weight for the backward pass (of every layer, or of the one being recomputed or worked on
             with checkpointing or sharding), and a layer's intermediates in bfloat16.
@@ -150,12 +182,14 @@ def estimate_peak(
     activation_bytes = DTYPE_BYTES[compute_dtype] if is_full else DTYPE_BYTES[base_dtype]
     weights = (shape.parameters * (4 if is_full else DTYPE_BYTES[base_dtype]) + (0 if is_full else trainable * 4)) / MB
     gradients, optimizer = trainable * 4 / MB, trainable * 8 / MB
+    mapped = 0.0
     if is_full and parameter_sharding:
         embedding = shape.vocab_size * shape.hidden_size
         layer = max(0, shape.parameters - embedding) / shape.num_layers
         weights = 2 * layer * 4 / MB + SHARDED_BLOCK_MB
         gradients = layer * 4 / MB + SHARDED_BLOCK_MB
         optimizer = SHARDED_OPTIMIZER_WORKING_MB
+        mapped = embedding * 4 / MB
     if is_full and compute_dtype != "float32":
         embedding = shape.vocab_size * shape.hidden_size
         decoder = max(0, shape.parameters - embedding)
@@ -178,6 +212,7 @@ def estimate_peak(
         activations=activations / MB,
         logits=chunk * 4 * LOGIT_CHUNK_COPIES / MB,
         runtime=RUNTIME_MB + shape.vocab_size * RUNTIME_BYTES_PER_VOCABULARY_ENTRY / MB,
+        mapped=mapped,
     )
 
 
@@ -206,7 +241,7 @@ class PlanRequest:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Settings chosen to fit a budget, and their estimate."""
+    """Settings chosen to fit a budget, and their estimate in it (the expected peak RSS; its ``resident`` is what must fit)."""
 
     micro_batch: int
     grad_accum_steps: int
@@ -220,7 +255,7 @@ class MemoryPlan:
 
     @property
     def fits(self) -> bool:
-        return self.estimate.total <= self.budget_mb
+        return self.estimate.resident <= self.budget_mb
 
     def describe(self) -> str:
         settings = [f"micro-batch {self.micro_batch} x {self.grad_accum_steps}"]
@@ -246,7 +281,8 @@ class MemoryPlan:
             "compute_dtype": self.compute_dtype,
             "sequence": self.sequence,
             "budget_mb": round(self.budget_mb, 1),
-            "estimate_mb": round(self.estimate.total, 1),
+            "estimate_mb": round(self.estimate.total, 1),  # the expected peak RSS, compared with peak_mb after the run
+            "resident_mb": round(self.estimate.resident, 1),  # what must stay in memory: fits is decided on it
             "estimate": {name: round(value, 1) for name, value in asdict(self.estimate).items()},
             "fits": self.fits,
         }
@@ -309,18 +345,19 @@ def _candidates(request: PlanRequest) -> list[tuple[int, bool, str, bool]]:
 
 
 def plan_memory(shape: ModelShape, request: PlanRequest) -> MemoryPlan:
-    """The first settings (in ``_candidates``' order) whose estimate fits the budget, keeping the effective batch.
+    """The first settings (in ``_candidates``' order) whose resident need fits the budget, keeping the effective batch.
 
-    When nothing fits, the plan with the smallest estimate comes back (its ``fits`` is False).
+    When nothing fits, the plan with the smallest resident need comes back (its ``fits`` is False).
     """
     smallest: Optional[MemoryPlan] = None
     for size, checkpointed, dtype, sharded in _candidates(request):
         base, compute = ("float32", dtype) if request.method == "full" else (dtype, dtype)
         estimate = estimate_peak(shape, request.method, base, request.lora_rank, size, request.sequence, checkpointed, sharded, compute)
+        estimate = estimate.within(request.budget_mb)
         plan = MemoryPlan(size, request.effective_batch // size, checkpointed, base, sharded, estimate, request.budget_mb, request.sequence, compute)
         if plan.fits:
             return plan
-        if smallest is None or estimate.total < smallest.estimate.total:
+        if smallest is None or estimate.resident < smallest.estimate.resident:
             smallest = plan
     assert smallest is not None, "there is always micro-batch 1"
     return smallest
@@ -359,10 +396,10 @@ def does_not_fit_message(shape: ModelShape, request: PlanRequest, plan: MemoryPl
             return message + f" It fits with {setting} ({fitting.describe()})."
     sequence = largest_fitting_sequence(shape, request)
     if sequence is not None:
-        return message + f" The longest max_seq_len that fits is {sequence}; or raise memory_budget_mb to at least {plan.estimate.total:,.0f}."
+        return message + f" The longest max_seq_len that fits is {sequence}; or raise memory_budget_mb to at least {plan.estimate.resident:,.0f}."
     fixed = plan.estimate.weights + plan.estimate.gradients + plan.estimate.optimizer + plan.estimate.runtime
     hints = "use method lora with base_dtype bfloat16, " if request.method == "full" else "use base_dtype bfloat16, " if request.base_dtype == "float32" else ""
     return message + (
         f" Even 8-token examples need {fixed:,.0f} MB (weights, gradients, optimizer and runtime): {hints}"
-        f"pick a smaller model, or raise memory_budget_mb to at least {plan.estimate.total:,.0f}."
+        f"pick a smaller model, or raise memory_budget_mb to at least {plan.estimate.resident:,.0f}."
     )

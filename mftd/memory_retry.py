@@ -11,7 +11,7 @@ what would make it fit.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, Optional
 
 from mftd.memory_plan import MemoryEstimate
@@ -95,9 +95,13 @@ def _failure(killed_at: str, plan: dict[str, Any]) -> MemoryVerdict:
 
 
 def _estimate_text(plan: dict[str, Any]) -> str:
-    """The estimate by part as the planner describes it, or just its total if the parts are missing."""
+    """The estimate by part as the planner describes it, or just its total if the parts are missing.
+
+    A part with a default (``mapped``) may be missing: plans written before it existed lack it.
+    """
     try:
-        return MemoryEstimate(**{part: float(plan["estimate"][part]) for part in MemoryEstimate.__dataclass_fields__}).describe()
+        parts = plan["estimate"]
+        return MemoryEstimate(**{field.name: float(parts[field.name]) for field in fields(MemoryEstimate) if field.name in parts or field.default is MISSING}).describe()
     except (KeyError, TypeError, ValueError):
         return f"estimate {plan['estimate_mb']:,.0f} MB"
 

@@ -10,6 +10,8 @@ from mftd.memory_plan import ModelShape, PlanRequest, does_not_fit_message, esti
 
 SMOLLM2 = ModelShape(parameters=134_515_008, hidden_size=576, intermediate_size=1536, num_layers=30, num_attention_heads=9, vocab_size=49152)
 QWEN05B = ModelShape(parameters=494_032_768, hidden_size=896, intermediate_size=4864, num_layers=24, num_attention_heads=14, vocab_size=151936)
+GEMMA3_270M = ModelShape(parameters=268_098_176, hidden_size=640, intermediate_size=2048, num_layers=18, num_attention_heads=4, vocab_size=262144,
+                         model_type="gemma3_text")
 LORA = PlanRequest(method="lora", base_dtype=None, lora_rank=8, batch_size=4, grad_accum_steps=1, sequence=256,
                    gradient_checkpointing=False, parameter_sharding=None, budget_mb=100_000)
 
@@ -114,3 +116,66 @@ def test_bfloat16_autocast_counts_weight_copies_and_halves_intermediates():
     assert autocast.activations < plain.activations
     checkpointed = full(True, False, "bfloat16").weights - full(True, False, "float32").weights
     assert checkpointed == pytest.approx(decoder_mb * 2 / SMOLLM2.num_layers)  # only the layer being recomputed
+
+
+# benchmarks/memory_full.py's job: full fine-tuning, 4 examples of 256 tokens a step, only memory_budget_mb set, on a CPU fast in bfloat16.
+FULL_UNDER_A_CAP = PlanRequest(method="full", base_dtype=None, lora_rank=8, batch_size=4, grad_accum_steps=1, sequence=256,
+                               gradient_checkpointing=False, parameter_sharding=None, budget_mb=3072, prefer_bfloat16=True)
+
+
+def float32_matrix_mb(shape: ModelShape) -> float:
+    return shape.vocab_size * shape.hidden_size * 4 / 2**20
+
+
+def test_a_sharded_plan_expects_the_output_matrix_it_reads_every_step_where_the_budget_has_room():
+    """Qwen2.5-0.5B at 2,560 MB: measured peak RSS 2,658 MB against a resident need of 1,864 MB; its float32 embedding is 519 MB."""
+    plan = plan_memory(QWEN05B, replace(FULL_UNDER_A_CAP, budget_mb=2560))
+    assert (plan.micro_batch, plan.grad_accum_steps, plan.parameter_sharding, plan.compute_dtype, plan.fits) == (2, 2, True, "bfloat16", True)
+    assert plan.estimate.mapped == pytest.approx(float32_matrix_mb(QWEN05B)) == pytest.approx(519.3, abs=0.1)
+    assert plan.estimate.resident + plan.estimate.mapped < 2560, "the budget has room for all of it"
+    assert plan.estimate.total == pytest.approx(plan.estimate.resident + 519.3, abs=0.1)
+    shown = plan.to_json()
+    assert shown["estimate_mb"] == pytest.approx(plan.estimate.total, abs=0.1) and shown["resident_mb"] == pytest.approx(plan.estimate.resident, abs=0.1)
+    assert shown["estimate_mb"] - shown["resident_mb"] == pytest.approx(shown["estimate"]["mapped"], abs=0.2)
+    assert "mapped 519; resident " in plan.describe()
+
+
+@pytest.mark.parametrize("shape, budget_mb", [(QWEN05B, 3072), (GEMMA3_270M, 1536)])
+def test_the_mapped_pages_that_stay_are_capped_by_the_budget(shape, budget_mb):
+    """Qwen2.5-0.5B at 3 GiB (micro-batch 4) and Gemma 3 270M at 1.5 GiB: resident need and embedding together are over the budget."""
+    plan = plan_memory(shape, replace(FULL_UNDER_A_CAP, budget_mb=budget_mb))
+    assert plan.parameter_sharding and plan.fits
+    unbounded = estimate_peak(shape, "full", "float32", 8, plan.micro_batch, 256, plan.gradient_checkpointing, True, "bfloat16")
+    assert unbounded.resident == pytest.approx(plan.estimate.resident)
+    assert unbounded.total > budget_mb, "the whole mapped matrix would not fit beside the resident need"
+    assert 0 < plan.estimate.mapped < float32_matrix_mb(shape)
+    assert plan.estimate.total == pytest.approx(budget_mb)
+    assert plan.to_json()["estimate_mb"] == pytest.approx(budget_mb, abs=0.1)
+
+
+def test_the_fit_is_decided_on_the_resident_need_not_on_the_mapped_pages():
+    resident = estimate_peak(QWEN05B, "full", "float32", 2, 2, 256, False, True, "bfloat16").resident
+    tight = plan_memory(QWEN05B, replace(FULL_UNDER_A_CAP, budget_mb=resident + 1))
+    assert (tight.micro_batch, tight.parameter_sharding, tight.fits) == (2, True, True)
+    assert tight.estimate.mapped == pytest.approx(1) and tight.estimate.total == pytest.approx(resident + 1)
+    short = plan_memory(QWEN05B, replace(FULL_UNDER_A_CAP, budget_mb=resident - 1))
+    assert short.micro_batch == 1 and short.fits, "one byte short of micro-batch 2's resident need, it takes micro-batch 1"
+
+
+def test_sharded_plans_that_fit_before_the_mapped_part_still_fit_with_the_same_resident_need():
+    # The benchmark's runs, planned (and logged) when the estimate was only the resident need: same settings, same figure.
+    for shape, budget_mb, prefer_bfloat16, micro_batch, resident_mb in [
+        (QWEN05B, 3072, True, 4, 2741), (QWEN05B, 2560, True, 2, 1865), (GEMMA3_270M, 1536, True, 2, 1387),
+        (QWEN05B, 3072, False, 2, 2292), (GEMMA3_270M, 1536, False, 2, 1521), (SMOLLM2, 1500, False, 2, 1459),
+    ]:
+        plan = plan_memory(shape, replace(FULL_UNDER_A_CAP, budget_mb=budget_mb, prefer_bfloat16=prefer_bfloat16))
+        assert (plan.micro_batch, plan.parameter_sharding, plan.fits) == (micro_batch, True, True), (shape, budget_mb)
+        assert plan.estimate.resident == pytest.approx(resident_mb, abs=1) and plan.to_json()["resident_mb"] == pytest.approx(resident_mb, abs=1)
+        assert plan.estimate.total == pytest.approx(min(budget_mb, resident_mb + float32_matrix_mb(shape)), abs=1)
+
+
+def test_a_plan_that_does_not_fit_expects_no_mapped_pages_and_asks_for_its_resident_need():
+    request = replace(FULL_UNDER_A_CAP, budget_mb=900, parameter_sharding=True)
+    plan = plan_memory(GEMMA3_270M, request)
+    assert not plan.fits and plan.estimate.mapped == 0 and plan.estimate.total == plan.estimate.resident > 900
+    assert f"at least {plan.estimate.resident:,.0f}" in does_not_fit_message(GEMMA3_270M, request, plan)

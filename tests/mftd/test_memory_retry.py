@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 
 import pytest
 
+from mftd.memory_plan import plan_memory
 from mftd.memory_retry import after_memory_kill, next_micro_batch
 from tests.mftd.conftest import plan_json
+from tests.mftd.test_memory_planner import FULL_UNDER_A_CAP, QWEN05B
 
 KILLER = "the out-of-memory killer"
 
@@ -54,3 +58,13 @@ def test_a_kill_at_micro_batch_1_fails_with_the_planner_numbers_and_what_to_do()
 @pytest.mark.parametrize("plan", [None, "", "not json", json.dumps({"micro_batch": 8}), json.dumps([1, 2]), plan_json(8, 8).replace('"effective_batch": 8', '"effective_batch": 4')])
 def test_no_usable_plan_means_no_verdict(plan):
     assert after_memory_kill(plan, None, KILLER) is None
+
+
+def test_a_sharded_run_killed_at_micro_batch_1_shows_the_mapped_pages_beside_its_resident_need():
+    plan = plan_memory(QWEN05B, replace(FULL_UNDER_A_CAP, budget_mb=2560, micro_batch_cap=1))
+    assert plan.micro_batch == 1 and plan.parameter_sharding and plan.estimate.mapped > 500
+    reason = after_memory_kill(json.dumps(plan.to_json()), 1, KILLER).status_reason
+    assert f"expected estimate {plan.estimate.total:,.0f} MB (weights" in reason
+    shown = re.search(r"runtime 501, mapped 519; resident ([\d,]+)\)", reason)
+    # Rebuilt from the stored parts (each rounded to 0.1 MB), the resident sum may land on the next whole MB.
+    assert shown and float(shown[1].replace(",", "")) == pytest.approx(plan.estimate.resident, abs=1)
