@@ -14,6 +14,7 @@ import torch
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
+from jobs.allocator import use_allocator
 from jobs.artifacts import save_artifacts
 from jobs.batches import micro_batches, pack_examples
 from jobs.checkpoint import (
@@ -113,6 +114,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
         )
     rows = _pack(reporter, config, model_config.model_type, dataset)
     plan = _plan_memory(reporter, config, job, model_row, model_config, dataset, settings, rows)
+    use_allocator(plan.allocator, reporter)
     resolved = resolve_config(
         config,
         architecture=(model_config.architectures or [type(model_config).__name__])[0],

@@ -7,13 +7,21 @@ A pure function of numbers: nothing is loaded or measured here. The estimate add
 - activations: what autograd keeps per token and layer for the backward pass (all of a layer's
   intermediates, or only its input with gradient checkpointing plus one layer recomputed);
 - logits: the chunked cross-entropy's working set (a few chunks of float logits);
-- runtime: Python, torch, transformers, PEFT, the tokenizer (it grows with the vocabulary) and the
-  allocator's slack.
+- runtime: Python, torch, transformers, PEFT, the tokenizer (it grows with the vocabulary) and what
+  the lean allocator setting keeps;
+- allocator slack: with the fast setting only, what glibc's heap keeps on top of that.
+
+The plan also picks the worker's allocator setting (``MemoryPlan.allocator``): glibc's mmap threshold,
+1 MB ("lean": every tensor of 1 MB or more is mapped and given back at free, at about a third of the
+speed of a bfloat16 LoRA run) or 16 MB ("fast": such tensors are reused from the heap, which holds
+on to more). Fast when the budget has room for the settings' estimate with the slack, else lean: the
+allocator never changes the other settings. The worker applies it (``jobs.allocator``).
 
 The constants were fitted on worker runs of SmolLM2-135M and Gemma 3 270M (LoRA in float32 and
 bfloat16, with and without checkpointing, micro-batch 1 and 4, and full fine-tuning; sequence 256)
-with the worker's allocator settings (``mftd.protocol.WORKER_MALLOC_ENV``); the worker logs the
-estimate next to the measured peak of every run, so their error stays visible.
+with the lean setting, and the slack on the same runs (bfloat16 LoRA and full) with the fast one
+(``benchmarks/allocator_slack.py``); the worker logs the estimate next to the measured peak of
+every run, so their error stays visible.
 """
 
 from __future__ import annotations
@@ -44,6 +52,13 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 # kernel can drop) and AdamW's working set for a piece of rows.
 SHARDED_BLOCK_MB = 16.0
 SHARDED_OPTIMIZER_WORKING_MB = 64.0
+# What the fast allocator setting (a 16 MB mmap threshold, ``mftd.protocol.MMAP_THRESHOLDS``) keeps on
+# top of the lean one: tensors between 1 and 16 MB live on the heap, and the heap holds on to freed
+# ones. Fitted on worker runs under both settings (README, "Memory"): a share of a micro-batch's
+# activations and logits, plus a fixed part.
+FAST_ALLOCATOR_SLACK_MB = 0.0
+FAST_ALLOCATOR_SLACK_PER_ACTIVATION_MB = 0.0
+ALLOCATORS = ("fast", "lean")
 
 
 @dataclass(frozen=True)
@@ -97,15 +112,17 @@ class MemoryEstimate:
     activations: float
     logits: float
     runtime: float
+    allocator_slack: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.runtime
+        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.runtime + self.allocator_slack
 
     def describe(self) -> str:
+        slack = f", allocator slack {self.allocator_slack:,.0f}" if self.allocator_slack else ""
         return (
             f"estimate {self.total:,.0f} MB (weights {self.weights:,.0f}, gradients {self.gradients:,.0f}, optimizer {self.optimizer:,.0f}, "
-            f"activations {self.activations:,.0f}, logits {self.logits:,.0f}, runtime {self.runtime:,.0f})"
+            f"activations {self.activations:,.0f}, logits {self.logits:,.0f}, runtime {self.runtime:,.0f}{slack})"
         )
 
 
@@ -124,6 +141,7 @@ def estimate_peak(
     gradient_checkpointing: bool,
     parameter_sharding: bool = False,
     compute_dtype: str = "float32",
+    allocator: str = "lean",
 ) -> MemoryEstimate:
     """The estimated peak of one training run.
 
@@ -141,6 +159,8 @@ def estimate_peak(
         compute_dtype: full fine-tuning's matrix products: bfloat16 autocast keeps a bfloat16 copy of each
             decoder weight for the backward pass (of every layer, or of the one being recomputed or worked on
             with checkpointing or sharding), and a layer's intermediates in bfloat16.
+        allocator: "lean" (a 1 MB mmap threshold, what the constants were fitted with) or "fast" (16 MB:
+            adds ``fast_allocator_slack``).
 
     Returns:
         The estimate by part.
@@ -171,14 +191,21 @@ def estimate_peak(
     else:
         activations = shape.num_layers * per_layer
     chunk = min(CHUNK_LOGIT_ELEMENTS, tokens * shape.vocab_size)
+    logits = chunk * 4 * LOGIT_CHUNK_COPIES / MB
     return MemoryEstimate(
         weights=weights,
         gradients=gradients,
         optimizer=optimizer,
         activations=activations / MB,
-        logits=chunk * 4 * LOGIT_CHUNK_COPIES / MB,
+        logits=logits,
         runtime=RUNTIME_MB + shape.vocab_size * RUNTIME_BYTES_PER_VOCABULARY_ENTRY / MB,
+        allocator_slack=fast_allocator_slack(activations / MB, logits) if allocator == "fast" else 0.0,
     )
+
+
+def fast_allocator_slack(activations_mb: float, logits_mb: float) -> float:
+    """MB the fast allocator setting keeps beyond the lean one, for a run with these activations and logits."""
+    return FAST_ALLOCATOR_SLACK_MB + FAST_ALLOCATOR_SLACK_PER_ACTIVATION_MB * (activations_mb + logits_mb)
 
 
 @dataclass(frozen=True)
@@ -217,6 +244,7 @@ class MemoryPlan:
     budget_mb: float
     sequence: int
     compute_dtype: str = "float32"
+    allocator: str = "lean"
 
     @property
     def fits(self) -> bool:
@@ -232,6 +260,7 @@ class MemoryPlan:
             settings.append(f"{self.compute_dtype} compute")
         if self.parameter_sharding:
             settings.append("parameter sharding")
+        settings.append(f"{self.allocator} allocator")
         return f"{', '.join(settings)}: {self.estimate.describe()} of a {self.budget_mb:,.0f} MB budget"
 
     def to_json(self) -> dict[str, Any]:
@@ -244,6 +273,7 @@ class MemoryPlan:
             "base_dtype": self.base_dtype,
             "parameter_sharding": self.parameter_sharding,
             "compute_dtype": self.compute_dtype,
+            "allocator": self.allocator,
             "sequence": self.sequence,
             "budget_mb": round(self.budget_mb, 1),
             "estimate_mb": round(self.estimate.total, 1),
@@ -311,7 +341,9 @@ def _candidates(request: PlanRequest) -> list[tuple[int, bool, str, bool]]:
 def plan_memory(shape: ModelShape, request: PlanRequest) -> MemoryPlan:
     """The first settings (in ``_candidates``' order) whose estimate fits the budget, keeping the effective batch.
 
-    When nothing fits, the plan with the smallest estimate comes back (its ``fits`` is False).
+    The allocator never changes those settings: the fast one when the budget also has room for its
+    slack, else the lean one. When nothing fits, the plan with the smallest estimate comes back (lean,
+    its ``fits`` is False).
     """
     smallest: Optional[MemoryPlan] = None
     for size, checkpointed, dtype, sharded in _candidates(request):
@@ -319,7 +351,11 @@ def plan_memory(shape: ModelShape, request: PlanRequest) -> MemoryPlan:
         estimate = estimate_peak(shape, request.method, base, request.lora_rank, size, request.sequence, checkpointed, sharded, compute)
         plan = MemoryPlan(size, request.effective_batch // size, checkpointed, base, sharded, estimate, request.budget_mb, request.sequence, compute)
         if plan.fits:
-            return plan
+            fast_estimate = estimate_peak(
+                shape, request.method, base, request.lora_rank, size, request.sequence, checkpointed, sharded, compute, allocator="fast"
+            )
+            fast = replace(plan, estimate=fast_estimate, allocator="fast")
+            return fast if fast.fits else plan
         if smallest is None or estimate.total < smallest.estimate.total:
             smallest = plan
     assert smallest is not None, "there is always micro-batch 1"

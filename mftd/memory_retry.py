@@ -97,8 +97,10 @@ def _failure(killed_at: str, plan: dict[str, Any]) -> MemoryVerdict:
 def _estimate_text(plan: dict[str, Any]) -> str:
     """The estimate by part as the planner describes it, or just its total if the parts are missing."""
     try:
-        return MemoryEstimate(**{part: float(plan["estimate"][part]) for part in MemoryEstimate.__dataclass_fields__}).describe()
-    except (KeyError, TypeError, ValueError):
+        # A plan stored before the allocator slack was estimated has no such part (its default is 0).
+        parts = {part: float(value) for part, value in plan["estimate"].items() if part in MemoryEstimate.__dataclass_fields__}
+        return MemoryEstimate(**parts).describe()
+    except (AttributeError, KeyError, TypeError, ValueError):
         return f"estimate {plan['estimate_mb']:,.0f} MB"
 
 
