@@ -53,12 +53,17 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 SHARDED_BLOCK_MB = 16.0
 SHARDED_OPTIMIZER_WORKING_MB = 64.0
 # What the fast allocator setting (a 16 MB mmap threshold, ``mftd.protocol.MMAP_THRESHOLDS``) keeps on
-# top of the lean one: tensors between 1 and 16 MB live on the heap, and the heap holds on to freed
-# ones. Fitted on worker runs under both settings (README, "Memory"): a share of a micro-batch's
-# activations and logits, plus a fixed part.
-FAST_ALLOCATOR_SLACK_MB = 0.0
-FAST_ALLOCATOR_SLACK_PER_ACTIVATION_MB = 0.0
-ALLOCATORS = ("fast", "lean")
+# top of the lean one. Only tensors between the two thresholds change place (the lean setting maps
+# them, the fast one puts them on the heap), and the heap holds on to freed ones: about six of one
+# layer's working sets of such tensors (allocated and freed layer after layer in the backward pass),
+# plus a third of those autograd keeps. Fitted on worker runs under both settings
+# (benchmarks/allocator_slack.py, README "Memory"): SmolLM2-135M bfloat16 LoRA at micro-batch 4
+# kept 542 MB more (213 MB checkpointed), at micro-batch 1, whose hidden-sized tensors are below
+# 1 MB, none.
+LEAN_MMAP_THRESHOLD_MB = 1.0
+FAST_MMAP_THRESHOLD_MB = 16.0
+SLACK_LAYER_WORKING_SETS = 6.0
+SLACK_SHARE_OF_KEPT = 0.32
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ def estimate_peak(
             decoder weight for the backward pass (of every layer, or of the one being recomputed or worked on
             with checkpointing or sharding), and a layer's intermediates in bfloat16.
         allocator: "lean" (a 1 MB mmap threshold, what the constants were fitted with) or "fast" (16 MB:
-            adds ``fast_allocator_slack``).
+            adds the heap's slack for the tensors between the two thresholds).
 
     Returns:
         The estimate by part.
@@ -190,6 +195,17 @@ def estimate_peak(
         activations = shape.num_layers * tokens * shape.hidden_size * activation_bytes + per_layer
     else:
         activations = shape.num_layers * per_layer
+    slack = 0.0
+    if allocator == "fast":
+        hidden = (hidden_tensors, tokens * shape.hidden_size * 4)
+        intermediate = (INTERMEDIATE_TENSORS_PER_LAYER, tokens * shape.intermediate_size * activation_bytes)
+        attention = (1, micro_batch * shape.num_attention_heads * sequence * sequence * 4)
+        layer_working_set = _between_thresholds_mb([hidden, intermediate, attention])
+        if gradient_checkpointing:
+            kept = shape.num_layers * _between_thresholds_mb([(1, tokens * shape.hidden_size * activation_bytes)])
+        else:
+            kept = shape.num_layers * layer_working_set
+        slack = SLACK_LAYER_WORKING_SETS * layer_working_set + SLACK_SHARE_OF_KEPT * kept
     chunk = min(CHUNK_LOGIT_ELEMENTS, tokens * shape.vocab_size)
     logits = chunk * 4 * LOGIT_CHUNK_COPIES / MB
     return MemoryEstimate(
@@ -199,13 +215,13 @@ def estimate_peak(
         activations=activations / MB,
         logits=logits,
         runtime=RUNTIME_MB + shape.vocab_size * RUNTIME_BYTES_PER_VOCABULARY_ENTRY / MB,
-        allocator_slack=fast_allocator_slack(activations / MB, logits) if allocator == "fast" else 0.0,
+        allocator_slack=slack,
     )
 
 
-def fast_allocator_slack(activations_mb: float, logits_mb: float) -> float:
-    """MB the fast allocator setting keeps beyond the lean one, for a run with these activations and logits."""
-    return FAST_ALLOCATOR_SLACK_MB + FAST_ALLOCATOR_SLACK_PER_ACTIVATION_MB * (activations_mb + logits_mb)
+def _between_thresholds_mb(tensors: list[tuple[int, int]]) -> float:
+    """MB of the (count, bytes) tensors whose size puts them on the heap with the fast setting and in mappings with the lean one."""
+    return sum(count * size for count, size in tensors if LEAN_MMAP_THRESHOLD_MB * MB <= size < FAST_MMAP_THRESHOLD_MB * MB) / MB
 
 
 @dataclass(frozen=True)
