@@ -20,7 +20,8 @@ from jobs.model_setup import load_tokenizer
 from mftd.memory_plan import ModelShape, plan_memory, plan_request
 from mftd.jobconfig import JobConfig
 from mftd.protocol import EXIT_SUCCEEDED, MALLOC_DEFAULTS_ENV, worker_command, worker_environment
-from tests.jobs.helpers import chat_records, create_job, job_events, write_jsonl
+from tests.jobs.helpers import create_job, job_events, write_jsonl
+from tests.jobs.tiny_models import WORDS
 
 pytestmark = pytest.mark.skipif(load_glibc() is None, reason="mallopt's parameters are glibc's")
 
@@ -82,18 +83,21 @@ def run_worker_process(settings, engine, model: Path, data: Path, environment: d
 
 @pytest.mark.slow
 def test_the_worker_applies_the_plans_allocator_and_names_it_in_its_events(tmp_path, settings, engine, tiny_model):
-    model, data = tiny_model(), write_jsonl(tmp_path / "chat.jsonl", chat_records(4))
+    model = tiny_model()
+    # Examples cut at 256 tokens: micro-batch 2's attention scores (2 MB) lie between the two thresholds, so the fast setting has a slack.
+    data = write_jsonl(tmp_path / "text.jsonl", [{"text": " ".join(WORDS[(start + i) % len(WORDS)] for i in range(400))} for start in range(4)])
     roomy = run_worker_process(settings, engine, model, data, worker_environment(clean_environment()), memory_budget_mb=20_000)
     assert len(roomy) == 1 and roomy[0].startswith("allocator: fast (mmap threshold 16 MB, mallopt on glibc ")
     by_user = run_worker_process(settings, engine, model, data, worker_environment(clean_environment(**USER_THRESHOLD)), memory_budget_mb=20_000)
     assert by_user == ["allocator: the plan's fast setting is not applied: MALLOC_MMAP_THRESHOLD_=1048576 is set in the environment, which wins over the plan"]
     # A budget with room for the lean plan but not for the fast one's slack (base_dtype set, so the plan does not depend on the CPU).
     shape = ModelShape.from_config(AutoConfig.from_pretrained(model))
-    config = JobConfig(max_steps=1, batch_size=2, grad_accum_steps=1, base_dtype="float32")
+    config = JobConfig(max_steps=1, batch_size=2, grad_accum_steps=1, base_dtype="float32", max_seq_len=256)
     longest = max(len(example.input_ids) for example in tokenize_dataset(data, load_tokenizer(model), "auto", config.max_seq_len).examples)
     lean_estimate = plan_memory(shape, plan_request(config, 100_000, longest)).estimate
     tight = int(lean_estimate.total - lean_estimate.allocator_slack) + 1
     tight_plan = plan_memory(shape, plan_request(config, tight, longest))
-    assert tight_plan.allocator == "lean" and tight_plan.fits
-    lean = run_worker_process(settings, engine, model, data, worker_environment(clean_environment()), memory_budget_mb=tight, base_dtype="float32")
+    assert tight_plan.allocator == "lean" and tight_plan.fits and lean_estimate.allocator_slack > 1
+    lean = run_worker_process(settings, engine, model, data, worker_environment(clean_environment()), memory_budget_mb=tight, base_dtype="float32",
+                              max_seq_len=256)
     assert len(lean) == 1 and lean[0].startswith("allocator: lean (mmap threshold 1 MB, mallopt on glibc ")
