@@ -12,16 +12,16 @@ A pure function of numbers: nothing is loaded or measured here. The estimate add
 - allocator slack: with the fast setting only, what glibc's heap keeps on top of that.
 
 The plan also picks the worker's allocator setting (``MemoryPlan.allocator``): glibc's mmap threshold,
-1 MB ("lean": every tensor of 1 MB or more is mapped and given back at free, at about a third of the
-speed of a bfloat16 LoRA run) or 16 MB ("fast": such tensors are reused from the heap, which holds
-on to more). Fast when the budget has room for the settings' estimate with the slack, else lean: the
+1 MB ("lean": every tensor of 1 MB or more is mapped and given back at free, which costs a bfloat16
+LoRA run about a third of its speed) or 16 MB ("fast": such tensors below 16 MB are reused from the
+heap, which holds on to more). Fast when the budget has room for the settings' estimate with the slack, else lean: the
 allocator never changes the other settings. The worker applies it (``jobs.allocator``).
 
 The constants were fitted on worker runs of SmolLM2-135M and Gemma 3 270M (LoRA in float32 and
 bfloat16, with and without checkpointing, micro-batch 1 and 4, and full fine-tuning; sequence 256)
-with the lean setting, and the slack on the same runs (bfloat16 LoRA and full) with the fast one
-(``benchmarks/allocator_slack.py``); the worker logs the estimate next to the measured peak of
-every run, so their error stays visible.
+with the lean setting; the slack on SmolLM2's bfloat16 LoRA runs under both settings, and checked
+on Gemma's (``benchmarks/allocator_slack.py``). The worker logs the estimate next to the measured
+peak of every run, so their error stays visible.
 """
 
 from __future__ import annotations
