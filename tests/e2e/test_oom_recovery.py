@@ -69,7 +69,7 @@ def write_long_texts(path: Path, words_per_text: int, count: int = 16) -> Path:
 def retry_model(tmp_path_factory) -> Path:
     """Attention and MLP activations grow with the micro-batch: 8 takes about 1.6 times the memory of 4.
 
-    Its MLP is twice the default width: with the workers' allocator settings the gap between micro-batch
+    Its MLP is twice the default width: with the workers' lean allocator setting the gap between micro-batch
     8 and 4 at the default width is only 350 MB (1,073 against 720 MB).
     """
     return build_long_context_model(tmp_path_factory.mktemp("models") / "retry", intermediate=2048)
