@@ -184,9 +184,9 @@ class JobPublic(BaseModel):
     memory_plan: Optional[dict[str, Any]] = Field(
         None,
         description="How the run fits its memory budget: micro_batch x grad_accum_steps, gradient_checkpointing, base_dtype, parameter_sharding, "
-        "estimate_mb (the expected peak RSS) with its parts, resident_mb (what must stay in memory: fits compares it with budget_mb; below "
-        "estimate_mb by the mapped part, file pages a sharded run keeps while memory allows), budget_mb; planned at submit for max_seq_len, "
-        "again by the worker for the real data, with peak_mb after the run.",
+        "the allocator setting (fast: a 16 MB mmap threshold, lean: 1 MB), estimate_mb (the expected peak RSS) with its parts, resident_mb "
+        "(what must stay in memory: fits compares it with budget_mb; below estimate_mb by the mapped part, file pages a sharded run keeps "
+        "while memory allows), budget_mb; planned at submit for max_seq_len, again by the worker for the real data, with peak_mb after the run.",
     )
     micro_batch_cap: Optional[int] = Field(None, description="Largest micro-batch allowed after the worker was killed for memory.")
 

@@ -1,9 +1,10 @@
 """One real mftd LoRA job, run by the worker in a child process against a throwaway data dir, and what it logged.
 
 The model, dataset(s) and job rows are written as the API would write them; the worker is started
-as the daemon starts it (``python -m jobs.worker`` with ``mftd.protocol.WORKER_MALLOC_ENV``). Its
+as the daemon starts it (``python -m jobs.worker`` in ``mftd.protocol.worker_environment``). Its
 steps, token counts, times and validation loss are read back from the job's metrics, and its resolved
-config (``jobs/<id>/config.json``) tells what mftd chose for the fields left to it.
+config (``jobs/<id>/config.json``) tells what mftd chose for the fields left to it, and its memory plan
+the estimate it ran with and its measured peak RSS.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from benchmarks.common import ROOT
-from mftd.protocol import RESOLVED_CONFIG_FILENAME, WORKER_MALLOC_ENV, worker_command
+from mftd.protocol import RESOLVED_CONFIG_FILENAME, worker_command, worker_environment
 
 TRAIN_DATASET_NAME = "bench-train"
 VALIDATION_DATASET_NAME = "bench-validation"
@@ -37,6 +38,13 @@ class MftdRun:
     padding_share: Optional[float]
     compile_seconds: Optional[float] = None  # the compile event's time, when the job compiled its layers
     compile_warnings: tuple[str, ...] = ()
+    memory_plan: dict[str, Any]
+    events: list[str]
+
+    @property
+    def peak_rss_mb(self) -> Optional[float]:
+        """The worker's peak RSS, as it logged it next to its plan's estimate."""
+        return self.memory_plan.get("peak_mb")
 
     def describe_settings(self) -> str:
         """The resolved settings of SHOWN_SETTINGS that this code has, as ``key=value`` pairs."""
@@ -59,10 +67,11 @@ def run_mftd_job(model_dir: Path, train: Path, validation: Optional[Path], confi
         settings.ensure_dirs()
         engine = make_engine(settings.db_path)
         job_id = _create_job(engine, model_dir, train, validation, config_fields)
-        environment = {**WORKER_MALLOC_ENV, **os.environ}  # as the daemon starts its workers: the user's own settings win
+        environment = worker_environment(os.environ)  # as the daemon starts its workers: the user's own settings win
         worker = subprocess.run(worker_command(job_id, Path(data_dir), sys.executable), cwd=ROOT, env=environment, capture_output=True, text=True)
         metrics, eval_losses, errors = _job_records(engine, job_id)
         compile_seconds, compile_warnings = _compile_records(engine, job_id)
+        memory_plan, events = _plan_and_events(engine, job_id)
         if worker.returncode != 0:
             reason = errors[-1] if errors else (worker.stdout + worker.stderr)[-3000:]
             sys.exit(f"the mftd worker failed on {train.name} (exit status {worker.returncode}): {reason}")
@@ -76,6 +85,8 @@ def run_mftd_job(model_dir: Path, train: Path, validation: Optional[Path], confi
         padding_share=padding_share(model_dir, train, resolved, step_tokens),
         compile_seconds=compile_seconds,
         compile_warnings=compile_warnings,
+        memory_plan=memory_plan,
+        events=events,
     )
 
 
@@ -158,3 +169,16 @@ def _compile_records(engine, job_id: int) -> tuple[Optional[float], tuple[str, .
         events = session.exec(select(Event).where(Event.job_id == job_id, Event.kind == "compile").order_by(Event.id)).all()
         seconds = [json.loads(event.data_json)["seconds"] for event in events if event.level == "info" and event.data_json]
         return (seconds[-1] if seconds else None), tuple(event.message for event in events if event.level == "warning")
+
+
+def _plan_and_events(engine, job_id: int) -> tuple[dict[str, Any], list[str]]:
+    """The job's memory plan as the worker left it (with ``peak_mb``), and its events' messages."""
+    from sqlmodel import select
+
+    from mftd.db import new_session
+    from mftd.tables import Event, Job
+
+    with new_session(engine) as session:
+        job = session.get(Job, job_id)
+        events = session.exec(select(Event).where(Event.job_id == job_id).order_by(Event.id)).all()
+        return json.loads(job.memory_plan_json or "{}"), [event.message for event in events]

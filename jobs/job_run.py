@@ -6,6 +6,7 @@ This is where the job's config is read; everything below takes plain arguments.
 from __future__ import annotations
 
 import dataclasses
+import os
 import resource
 from pathlib import Path
 from typing import Any, Optional
@@ -14,6 +15,7 @@ import torch
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
+from jobs.allocator import use_allocator
 from jobs.artifacts import save_artifacts
 from jobs.batches import epoch_layout_fill, micro_batches
 from jobs.checkpoint import (
@@ -59,7 +61,7 @@ from mftd.db import new_session
 from mftd.errors import NotFoundError
 from mftd.jobconfig import ADAPTER_METHODS, JobConfig
 from mftd.registry.lookup import Reference, resolve
-from mftd.protocol import CHECKPOINTS_DIRNAME, RESOLVED_CONFIG_FILENAME
+from mftd.protocol import CHECKPOINTS_DIRNAME, RESOLVED_CONFIG_FILENAME, users_allocator
 from mftd.settings import Settings
 from mftd.throttle import THROTTLE_FILENAME
 from mftd.tables import Dataset, Job, Model
@@ -113,6 +115,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
             data={"examples": len(validation.examples), "tokens": validation.num_tokens},
         )
     plan = _plan_memory(reporter, config, job, model_row, model_config, dataset, settings)
+    use_allocator(plan.allocator, reporter)
     packing = _packing(reporter, config, model_config.model_type, dataset, plan.micro_batch)
     resolved = resolve_config(
         config,
@@ -330,7 +333,10 @@ def _plan_memory(
     asked = config.compute_dtype if config.method == "full" else config.base_dtype
     if asked == "bfloat16" and slow_bfloat16:
         reporter.event(f"the job asks for bfloat16, which will be slow here: {slow_bfloat16}", level="warning", kind="memory")
-    request = plan_request(config, budget, min(longest, config.max_seq_len), job.micro_batch_cap, prefer_bfloat16=slow_bfloat16 is None)
+    request = plan_request(
+        config, budget, min(longest, config.max_seq_len), job.micro_batch_cap, prefer_bfloat16=slow_bfloat16 is None,
+        allocator=users_allocator(os.environ),
+    )
     plan = plan_memory(shape, request)
     reporter.memory_plan(plan.to_json())
     if not plan.fits:

@@ -7,23 +7,31 @@ A pure function of numbers: nothing is loaded or measured here. The estimate add
 - activations: what autograd keeps per token and layer for the backward pass (all of a layer's
   intermediates, or only its input with gradient checkpointing plus one layer recomputed);
 - logits: the chunked cross-entropy's working set (a few chunks of float logits);
-- runtime: Python, torch, transformers, PEFT, the tokenizer (it grows with the vocabulary) and the
-  allocator's slack;
+- runtime: Python, torch, transformers, PEFT, the tokenizer (it grows with the vocabulary) and what
+  the lean allocator setting keeps;
+- allocator slack: with the fast setting only, what glibc's heap keeps on top of that;
 - mapped (parameter sharding only): pages of the shard files that the run reads in full every step
   (the float32 output matrix, the tied embedding) and that stay in its RSS while memory allows.
 
-The first six parts are the resident need, what must stay in memory: a plan fits its budget when
-the resident need does. The mapped pages are the kernel's to drop (a sharded plan exists to run
+All but the mapped pages are the resident need, what must stay in memory: a plan fits its budget
+when the resident need does. The mapped pages are the kernel's to drop (a sharded plan exists to run
 below the size of its mapped files), so they count only as far as the budget leaves room beyond
 the resident need: the plan's estimate (``MemoryPlan.estimate.total``, ``estimate_mb``) is the
 expected peak RSS, min(budget, resident need + mapped working set), and ``resident_mb`` is the
 figure the fit is decided on. Where nothing caps the run, the mapped pages can stay beyond the budget
 while the device has memory free.
 
+The plan also picks the worker's allocator setting (``MemoryPlan.allocator``): glibc's mmap threshold,
+1 MB ("lean": every tensor of 1 MB or more is mapped and given back at free, which costs a bfloat16
+LoRA run about a third of its speed) or 16 MB ("fast": such tensors below 16 MB are reused from the
+heap, which holds on to more). Fast when the budget has room for the settings' resident need with the
+slack, else lean: the allocator never changes the other settings. The worker applies it (``jobs.allocator``).
+
 The constants were fitted on worker runs of SmolLM2-135M and Gemma 3 270M (LoRA in float32 and
 bfloat16, with and without checkpointing, micro-batch 1 and 4, and full fine-tuning; sequence 256)
-with the worker's allocator settings (``mftd.protocol.WORKER_MALLOC_ENV``); the worker logs the
-estimate next to the measured peak of every run, so their error stays visible.
+with the lean setting; the slack on SmolLM2's bfloat16 LoRA runs under both settings, and checked
+on Gemma's (``benchmarks/allocator_slack.py``). The worker logs the estimate next to the measured
+peak of every run, so their error stays visible.
 """
 
 from __future__ import annotations
@@ -58,6 +66,18 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 # tighter caps only what the cap leaves beside the resident need).
 SHARDED_BLOCK_MB = 16.0
 SHARDED_OPTIMIZER_WORKING_MB = 64.0
+# What the fast allocator setting (a 16 MB mmap threshold, ``mftd.protocol.MMAP_THRESHOLDS``) keeps on
+# top of the lean one. Only tensors between the two thresholds change place (the lean setting maps
+# them, the fast one puts them on the heap), and the heap holds on to freed ones: about six of one
+# layer's working sets of such tensors (allocated and freed layer after layer in the backward pass),
+# plus a third of those autograd keeps. Fitted on worker runs under both settings
+# (benchmarks/allocator_slack.py, README "Memory"): SmolLM2-135M bfloat16 LoRA at micro-batch 4
+# kept 542 MB more (213 MB checkpointed), at micro-batch 1, whose hidden-sized tensors are below
+# 1 MB, none.
+LEAN_MMAP_THRESHOLD_MB = 1.0
+FAST_MMAP_THRESHOLD_MB = 16.0
+SLACK_LAYER_WORKING_SETS = 6.0
+SLACK_SHARE_OF_KEPT = 0.32
 
 
 @dataclass(frozen=True)
@@ -117,11 +137,12 @@ class MemoryEstimate:
     logits: float
     runtime: float
     mapped: float = 0.0
+    allocator_slack: float = 0.0
 
     @property
     def resident(self) -> float:
         """What must stay in memory for the run to go on: whether a plan fits is decided on this."""
-        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.runtime
+        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.runtime + self.allocator_slack
 
     @property
     def total(self) -> float:
@@ -133,10 +154,11 @@ class MemoryEstimate:
         return replace(self, mapped=min(self.mapped, max(0.0, budget_mb - self.resident)))
 
     def describe(self) -> str:
+        slack = f", allocator slack {self.allocator_slack:,.0f}" if self.allocator_slack else ""
         mapped = f", mapped {self.mapped:,.0f}; resident {self.resident:,.0f}" if self.mapped else ""
         return (
             f"estimate {self.total:,.0f} MB (weights {self.weights:,.0f}, gradients {self.gradients:,.0f}, optimizer {self.optimizer:,.0f}, "
-            f"activations {self.activations:,.0f}, logits {self.logits:,.0f}, runtime {self.runtime:,.0f}{mapped})"
+            f"activations {self.activations:,.0f}, logits {self.logits:,.0f}, runtime {self.runtime:,.0f}{slack}{mapped})"
         )
 
 
@@ -155,6 +177,7 @@ def estimate_peak(
     gradient_checkpointing: bool,
     parameter_sharding: bool = False,
     compute_dtype: str = "float32",
+    allocator: str = "lean",
 ) -> MemoryEstimate:
     """The estimated peak of one training run.
 
@@ -173,6 +196,8 @@ def estimate_peak(
         compute_dtype: full fine-tuning's matrix products: bfloat16 autocast keeps a bfloat16 copy of each
             decoder weight for the backward pass (of every layer, or of the one being recomputed or worked on
             with checkpointing or sharding), and a layer's intermediates in bfloat16.
+        allocator: "lean" (a 1 MB mmap threshold, what the constants were fitted with) or "fast" (16 MB:
+            adds the heap's slack for the tensors between the two thresholds).
 
     Returns:
         The estimate by part.
@@ -204,16 +229,34 @@ def estimate_peak(
         activations = shape.num_layers * tokens * shape.hidden_size * activation_bytes + per_layer
     else:
         activations = shape.num_layers * per_layer
+    slack = 0.0
+    if allocator == "fast":
+        hidden = (hidden_tensors, tokens * shape.hidden_size * 4)
+        intermediate = (INTERMEDIATE_TENSORS_PER_LAYER, tokens * shape.intermediate_size * activation_bytes)
+        attention = (1, micro_batch * shape.num_attention_heads * sequence * sequence * 4)
+        layer_working_set = _between_thresholds_mb([hidden, intermediate, attention])
+        if gradient_checkpointing:
+            kept = shape.num_layers * _between_thresholds_mb([(1, tokens * shape.hidden_size * activation_bytes)])
+        else:
+            kept = shape.num_layers * layer_working_set
+        slack = SLACK_LAYER_WORKING_SETS * layer_working_set + SLACK_SHARE_OF_KEPT * kept
     chunk = min(CHUNK_LOGIT_ELEMENTS, tokens * shape.vocab_size)
+    logits = chunk * 4 * LOGIT_CHUNK_COPIES / MB
     return MemoryEstimate(
         weights=weights,
         gradients=gradients,
         optimizer=optimizer,
         activations=activations / MB,
-        logits=chunk * 4 * LOGIT_CHUNK_COPIES / MB,
+        logits=logits,
         runtime=RUNTIME_MB + shape.vocab_size * RUNTIME_BYTES_PER_VOCABULARY_ENTRY / MB,
         mapped=mapped,
+        allocator_slack=slack,
     )
+
+
+def _between_thresholds_mb(tensors: list[tuple[int, int]]) -> float:
+    """MB of the (count, bytes) tensors whose size puts them on the heap with the fast setting and in mappings with the lean one."""
+    return sum(count * size for count, size in tensors if LEAN_MMAP_THRESHOLD_MB * MB <= size < FAST_MMAP_THRESHOLD_MB * MB) / MB
 
 
 @dataclass(frozen=True)
@@ -233,6 +276,9 @@ class PlanRequest:
     compute_dtype: Optional[str] = None
     # The CPU multiplies bfloat16 fast (mftd.cpu.has_fast_bfloat16): a null base_dtype or compute_dtype then means bfloat16.
     prefer_bfloat16: bool = False
+    # The allocator setting the worker will run with whatever the plan says ("fast" or "lean": the user set
+    # MALLOC_MMAP_THRESHOLD_ themselves); None lets the plan choose.
+    allocator: Optional[str] = None
 
     @property
     def effective_batch(self) -> int:
@@ -252,6 +298,7 @@ class MemoryPlan:
     budget_mb: float
     sequence: int
     compute_dtype: str = "float32"
+    allocator: str = "lean"
 
     @property
     def fits(self) -> bool:
@@ -267,6 +314,7 @@ class MemoryPlan:
             settings.append(f"{self.compute_dtype} compute")
         if self.parameter_sharding:
             settings.append("parameter sharding")
+        settings.append(f"{self.allocator} allocator")
         return f"{', '.join(settings)}: {self.estimate.describe()} of a {self.budget_mb:,.0f} MB budget"
 
     def to_json(self) -> dict[str, Any]:
@@ -279,6 +327,7 @@ class MemoryPlan:
             "base_dtype": self.base_dtype,
             "parameter_sharding": self.parameter_sharding,
             "compute_dtype": self.compute_dtype,
+            "allocator": self.allocator,
             "sequence": self.sequence,
             "budget_mb": round(self.budget_mb, 1),
             "estimate_mb": round(self.estimate.total, 1),  # the expected peak RSS, compared with peak_mb after the run
@@ -289,7 +338,8 @@ class MemoryPlan:
 
 
 def plan_request(
-    config: Any, budget_mb: float, sequence: int, micro_batch_cap: Optional[int] = None, prefer_bfloat16: bool = False
+    config: Any, budget_mb: float, sequence: int, micro_batch_cap: Optional[int] = None, prefer_bfloat16: bool = False,
+    allocator: Optional[str] = None,
 ) -> PlanRequest:
     """The request of a job's ``JobConfig`` for examples of ``sequence`` tokens, on a CPU that is fast in bfloat16 or not."""
     return PlanRequest(
@@ -305,6 +355,7 @@ def plan_request(
         micro_batch_cap=micro_batch_cap,
         compute_dtype=getattr(config, "compute_dtype", None),
         prefer_bfloat16=prefer_bfloat16,
+        allocator=allocator,
     )
 
 
@@ -347,6 +398,9 @@ def _candidates(request: PlanRequest) -> list[tuple[int, bool, str, bool]]:
 def plan_memory(shape: ModelShape, request: PlanRequest) -> MemoryPlan:
     """The first settings (in ``_candidates``' order) whose resident need fits the budget, keeping the effective batch.
 
+    The allocator never changes those settings: the fast one when the budget also has room for its
+    slack and the plan is not sharded, else the lean one; a request's own ``allocator`` is kept (the
+    fast one's slack counted).
     When nothing fits, the plan with the smallest resident need comes back (its ``fits`` is False).
     """
     smallest: Optional[MemoryPlan] = None
@@ -354,10 +408,19 @@ def plan_memory(shape: ModelShape, request: PlanRequest) -> MemoryPlan:
         base, compute = ("float32", dtype) if request.method == "full" else (dtype, dtype)
         estimate = estimate_peak(shape, request.method, base, request.lora_rank, size, request.sequence, checkpointed, sharded, compute)
         estimate = estimate.within(request.budget_mb)
-        plan = MemoryPlan(size, request.effective_batch // size, checkpointed, base, sharded, estimate, request.budget_mb, request.sequence, compute)
+        lean = MemoryPlan(size, request.effective_batch // size, checkpointed, base, sharded, estimate, request.budget_mb, request.sequence, compute)
+        fast_estimate = estimate_peak(
+            shape, request.method, base, request.lora_rank, size, request.sequence, checkpointed, sharded, compute, allocator="fast"
+        )
+        fast = replace(lean, estimate=fast_estimate.within(request.budget_mb), allocator="fast")
+        if request.allocator is None:
+            # Sharded plans are made where memory is what limits, and the slack was not measured with sharding.
+            plan = fast if fast.fits and not sharded else lean
+        else:
+            plan = fast if request.allocator == "fast" else lean
         if plan.fits:
             return plan
-        if smallest is None or estimate.resident < smallest.estimate.resident:
+        if smallest is None or plan.estimate.resident < smallest.estimate.resident:
             smallest = plan
     assert smallest is not None, "there is always micro-batch 1"
     return smallest

@@ -11,7 +11,7 @@ what would make it fit.
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from mftd.memory_plan import MemoryEstimate
@@ -100,9 +100,10 @@ def _estimate_text(plan: dict[str, Any]) -> str:
     A part with a default (``mapped``) may be missing: plans written before it existed lack it.
     """
     try:
-        parts = plan["estimate"]
-        return MemoryEstimate(**{field.name: float(parts[field.name]) for field in fields(MemoryEstimate) if field.name in parts or field.default is MISSING}).describe()
-    except (KeyError, TypeError, ValueError):
+        # A plan stored before a part was estimated (mapped pages, allocator slack) lacks it; its default is 0.
+        parts = {part: float(value) for part, value in plan["estimate"].items() if part in MemoryEstimate.__dataclass_fields__}
+        return MemoryEstimate(**parts).describe()
+    except (AttributeError, KeyError, TypeError, ValueError):
         return f"estimate {plan['estimate_mb']:,.0f} MB"
 
 

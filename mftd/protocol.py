@@ -7,8 +7,10 @@ and tells how it ended through its exit code. The daemon alone maps that ending 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from typing import Mapping, Optional
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1          # an error in the run; the newest ``error`` event says what
@@ -17,16 +19,32 @@ EXIT_BAD_CONFIG = 78     # the job cannot run as configured; retrying will not h
 
 WORKER_MODULE = "jobs.worker"
 
-# glibc allocator settings for workers (the user's environment wins). Up to eight arenas per core
-# keep freed memory that a phone cannot spare: two are enough for a few threads. Tensors of 1 MB
+# glibc allocator settings a worker starts with (the user's environment wins). Up to eight arenas per
+# core keep freed memory that a phone cannot spare: two are enough for a few threads. Tensors of 1 MB
 # and more get their own mapping, given back at free: with glibc's sliding default (up to 32 MB)
 # they land on the heap, where fragmentation held about 500 MB more at SmolLM2's LoRA peak
-# (1,216 against 1,738 MB, micro-batch 4 x 256 tokens, checkpointed) at the same speed there. It is not
-# free everywhere: a bfloat16-base LoRA run without checkpointing (4 packed rows of 256 tokens) peaked at
-# 1,726 MB against 2,253 but trained at 251 tokens/s against 372, each large tensor now mapped and faulted
-# in afresh (a 16 MB threshold: 2,033 MB at 373 tokens/s). Memory first by default; a daemon started with
-# its own MALLOC_MMAP_THRESHOLD_ passes that on instead (the planner's constants assume this one).
+# (1,216 against 1,738 MB, micro-batch 4 x 256 tokens, checkpointed). That lean setting costs speed:
+# a bfloat16-base LoRA run without checkpointing (4 packed rows of 256 tokens) peaked at 1,726 MB
+# against 2,253 but trained at 251 tokens/s against 372, each large tensor mapped and faulted in
+# afresh (a 16 MB threshold: 2,033 MB at 373 tokens/s). So the worker starts lean (loading and
+# planning), and the memory plan then picks the threshold (``mftd.memory_plan``, ``MemoryPlan.allocator``):
+# "fast" when the budget has room for the heap slack a 16 MB threshold keeps, "lean" otherwise; the
+# worker sets it with mallopt (``jobs.allocator``). A MALLOC_MMAP_THRESHOLD_ of the user's own wins.
 WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+# mmap thresholds of the plan's allocator settings, in bytes.
+MMAP_THRESHOLDS = {"lean": 1 << 20, "fast": 16 << 20}
+# Names of WORKER_MALLOC_ENV that the daemon set itself (comma-separated), so that the worker can
+# tell its defaults from the user's own settings, which it leaves alone.
+MALLOC_DEFAULTS_ENV = "MFTD_MALLOC_DEFAULTS"
+
+
+def worker_environment(environment: Mapping[str, str]) -> dict[str, str]:
+    """``environment`` with WORKER_MALLOC_ENV's settings where it has none, and MALLOC_DEFAULTS_ENV naming them."""
+    result = dict(environment)
+    defaulted = [name for name in WORKER_MALLOC_ENV if name not in environment]
+    result.update({name: WORKER_MALLOC_ENV[name] for name in defaulted})
+    result[MALLOC_DEFAULTS_ENV] = ",".join(defaulted)
+    return result
 
 HEARTBEAT_SECONDS = 5.0
 
@@ -40,3 +58,25 @@ WORKER_LOG_FILENAME = "worker.log"
 def worker_command(job_id: int, data_dir: Path, python: str = "") -> list[str]:
     """The command line that runs the training worker for ``job_id``."""
     return [python or sys.executable, "-m", WORKER_MODULE, str(job_id), "--data-dir", str(data_dir)]
+
+
+MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
+
+
+def is_user_setting(name: str, environment: Mapping[str, str]) -> bool:
+    """Whether ``name`` is set in ``environment`` by the user, not as one of the daemon's defaults."""
+    return name in environment and name not in environment.get(MALLOC_DEFAULTS_ENV, "").split(",")
+
+
+def users_allocator(environment: Mapping[str, str] = os.environ) -> Optional[str]:
+    """The allocator setting a user's own MALLOC_MMAP_THRESHOLD_ amounts to ("fast" from 16 MB up, else "lean"); None when they set none.
+
+    The plan then counts what that setting keeps instead of choosing one it could not apply.
+    """
+    if not is_user_setting(MMAP_THRESHOLD_ENV, environment):
+        return None
+    try:
+        threshold = int(environment[MMAP_THRESHOLD_ENV])
+    except ValueError:
+        return None  # glibc ignores a value it cannot read
+    return "fast" if threshold >= MMAP_THRESHOLDS["fast"] else "lean"

@@ -6,8 +6,8 @@ that maps an exit to a status.
 
 A SIGKILL the daemon did not send, with evidence that it was for memory (``mftd.oom_evidence``), is
 not a crash: the job is retried at once with a smaller micro-batch, or fails when it was at
-micro-batch 1 already (``mftd.memory_retry``). Workers run with glibc settings that give freed
-memory back (``protocol.WORKER_MALLOC_ENV``).
+micro-batch 1 already (``mftd.memory_retry``). Workers start with glibc settings that give freed
+memory back (``protocol.worker_environment``); the memory plan may then pick a faster mmap threshold.
 """
 
 from __future__ import annotations
@@ -283,10 +283,8 @@ class Supervisor:
     def _spawn(self, job_id: int, command: list[str], now: datetime) -> subprocess.Popen:
         job_dir = self.settings.job_dir(job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, MFTD_DATA_DIR=str(self.settings.data_dir))
+        env = protocol.worker_environment(dict(os.environ, MFTD_DATA_DIR=str(self.settings.data_dir)))
         env["PYTHONPATH"] = _pythonpath_with_project(env.get("PYTHONPATH", ""))
-        for name, value in protocol.WORKER_MALLOC_ENV.items():
-            env.setdefault(name, value)
         with open(job_dir / protocol.WORKER_LOG_FILENAME, "ab") as log_file:
             log_file.write(f"\n=== {iso_z(now)} worker started: {' '.join(command)}\n".encode())
             log_file.flush()

@@ -715,7 +715,7 @@ function renderStats() {
   $("job-stats").replaceChildren(...stats.flatMap(([term, value]) => [h("div", {}, h("dt", { text: term }), h("dd", { text: value }))]));
 }
 
-// "micro-batch 2 × 2, checkpointing · est. 1,234 MB of 3,000 MB · peak 1,190 MB" (null before any plan).
+// "micro-batch 2 × 2, checkpointing, lean allocator · est. 1,234 MB of 3,000 MB · peak 1,190 MB" (null before any plan).
 // A sharded plan's estimate also counts mapped file pages that stay while memory allows; its resident need is what must fit.
 function memoryPlanText(plan) {
   if (!plan) return null;
@@ -723,6 +723,7 @@ function memoryPlanText(plan) {
   if (plan.gradient_checkpointing) settings.push("checkpointing");
   if (plan.base_dtype && plan.base_dtype !== "float32") settings.push(`${plan.base_dtype} base`);
   if (plan.parameter_sharding) settings.push("sharded");
+  if (plan.allocator) settings.push(`${plan.allocator} allocator`);
   const resident = plan.resident_mb != null && plan.resident_mb < plan.estimate_mb ? ` (${number(plan.resident_mb)} MB resident)` : "";
   const parts = [settings.join(", "), `est. ${number(plan.estimate_mb)} MB${resident} of ${number(plan.budget_mb)} MB`];
   if (plan.peak_mb) parts.push(`peak ${number(plan.peak_mb)} MB`);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -16,6 +17,7 @@ from mftd.jobconfig import JobConfig
 from mftd.cpu import has_fast_bfloat16
 from mftd.memory_plan import MemoryPlan, ModelShape, does_not_fit_message, plan_memory, plan_request
 from mftd.modelinfo import CONFIG_FILENAME
+from mftd.protocol import users_allocator
 from mftd.registry.lookup import Reference, get_row, resolve
 from mftd.settings import Settings
 from mftd.status import JobStatus, set_status
@@ -102,7 +104,8 @@ def _plan_memory(config: JobConfig, model: Model, settings: Settings) -> Optiona
     except ValueError:
         return None
     request = plan_request(
-        config, config.memory_budget_mb or settings.default_memory_budget_mb, config.max_seq_len, prefer_bfloat16=has_fast_bfloat16()
+        config, config.memory_budget_mb or settings.default_memory_budget_mb, config.max_seq_len, prefer_bfloat16=has_fast_bfloat16(),
+        allocator=users_allocator(os.environ),  # the daemon's environment is its workers' (the user's own threshold wins)
     )
     plan = plan_memory(shape, request)
     if not plan.fits:

@@ -29,12 +29,13 @@ def test_successful_run_reports_progress_metrics_and_artifacts(tmp_path, setting
 
     messages = [event.message for event in job_events(engine, job_id)]
     assert messages[0].startswith("dataset: 10 examples, ") and messages[0].endswith(" tokens, 0 truncated")
-    settings_shown = "micro-batch 2 x 2, bfloat16 base" if bfloat16_matmul_supported() else "micro-batch 2 x 2"  # a null base_dtype
-    assert messages[1].startswith(f"memory plan: {settings_shown}: estimate ")
-    assert messages[2].startswith("packing: micro-batches of 2 examples are ") and "% real tokens (" in messages[2]
-    assert messages[3].startswith("threads: ")
-    assert messages[4] == "loading model"
-    assert messages[5].startswith("model loaded (") and " trainable)" in messages[5]
+    dtype_shown = ", bfloat16 base" if bfloat16_matmul_supported() else ""  # a null base_dtype
+    assert messages[1].startswith(f"memory plan: micro-batch 2 x 2{dtype_shown}, fast allocator: estimate ")
+    assert messages[2].startswith("allocator: fast")
+    assert messages[3].startswith("packing: micro-batches of 2 examples are ") and "% real tokens (" in messages[3]
+    assert messages[4].startswith("threads: ")
+    assert messages[5] == "loading model"
+    assert messages[6].startswith("model loaded (") and " trainable)" in messages[6]
     assert messages[-1] == "artifacts saved"
     resolved = json.loads((settings.job_dir(job_id) / RESOLVED_CONFIG_FILENAME).read_text())
     assert resolved["total_steps"] == 5 and resolved["lora_target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]

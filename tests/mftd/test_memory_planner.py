@@ -179,3 +179,26 @@ def test_a_plan_that_does_not_fit_expects_no_mapped_pages_and_asks_for_its_resid
     plan = plan_memory(GEMMA3_270M, request)
     assert not plan.fits and plan.estimate.mapped == 0 and plan.estimate.total == plan.estimate.resident > 900
     assert f"at least {plan.estimate.resident:,.0f}" in does_not_fit_message(GEMMA3_270M, request, plan)
+
+
+def test_a_budget_with_room_for_the_allocator_slack_gets_the_fast_allocator_and_its_estimate_counts_the_slack():
+    lean = estimate_peak(SMOLLM2, "lora", "bfloat16", 8, 4, 256, False)
+    fast = estimate_peak(SMOLLM2, "lora", "bfloat16", 8, 4, 256, False, allocator="fast")
+    assert lean.allocator_slack == 0 and fast.allocator_slack > 50
+    assert fast.total == pytest.approx(lean.total + fast.allocator_slack)
+    plan = plan_memory(SMOLLM2, replace(LORA, base_dtype="bfloat16", budget_mb=fast.total + 1))
+    assert (plan.allocator, plan.micro_batch, plan.gradient_checkpointing, plan.fits) == ("fast", 4, False, True)
+    assert plan.estimate == fast
+    assert plan.to_json()["allocator"] == "fast" and plan.to_json()["estimate"]["allocator_slack"] == round(fast.allocator_slack, 1)
+    assert "fast allocator" in plan.describe() and "allocator slack" in plan.describe()
+
+
+def test_without_room_for_the_slack_the_plan_keeps_its_settings_with_the_lean_allocator():
+    lean = estimate_peak(SMOLLM2, "lora", "bfloat16", 8, 4, 256, False)
+    fast = estimate_peak(SMOLLM2, "lora", "bfloat16", 8, 4, 256, False, allocator="fast")
+    plan = plan_memory(SMOLLM2, replace(LORA, base_dtype="bfloat16", budget_mb=(lean.total + fast.total) / 2))
+    # The allocator never takes a larger micro-batch or no checkpointing away: lean whenever fast does not fit.
+    assert (plan.allocator, plan.micro_batch, plan.gradient_checkpointing, plan.fits) == ("lean", 4, False, True)
+    assert plan.estimate == lean and "lean allocator" in plan.describe()
+    refused = plan_memory(SMOLLM2, replace(LORA, base_dtype="bfloat16", budget_mb=100))
+    assert refused.allocator == "lean" and not refused.fits

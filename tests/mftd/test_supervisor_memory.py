@@ -137,15 +137,18 @@ def test_workers_run_with_malloc_settings_that_give_memory_back(supervise, make_
     supervisor.start(job_id)
     pid = wait_until_ready(settings, job_id)
     assert "MALLOC_ARENA_MAX=2" in _environ(pid) and "MALLOC_MMAP_THRESHOLD_=1048576" in _environ(pid)
+    assert "MFTD_MALLOC_DEFAULTS=MALLOC_ARENA_MAX,MALLOC_MMAP_THRESHOLD_" in _environ(pid)  # the worker may move the threshold
 
 
-def test_a_malloc_arena_max_the_user_set_is_kept(supervise, make_job, settings, monkeypatch):
+def test_malloc_settings_the_user_set_are_kept_and_not_marked_as_defaults(supervise, make_job, settings, monkeypatch):
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     job_id = make_job()
     supervisor = supervise("sleep")
     supervisor.start(job_id)
     pid = wait_until_ready(settings, job_id)
-    assert "MALLOC_ARENA_MAX=4" in _environ(pid)
+    assert "MALLOC_ARENA_MAX=4" in _environ(pid) and "MALLOC_MMAP_THRESHOLD_=65536" in _environ(pid)
+    assert "MFTD_MALLOC_DEFAULTS=" in _environ(pid)  # none defaulted: the worker leaves the threshold alone
 
 
 def _environ(pid: int) -> list[str]:
