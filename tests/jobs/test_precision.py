@@ -48,19 +48,24 @@ def test_full_fine_tuning_runs_its_products_in_bfloat16_when_the_cpu_is_fast_and
     assert {tensor.dtype for tensor in final_weights(settings, job_id, "full").values()} == {torch.float32}
 
 
-def test_autocast_training_multiplies_in_bfloat16_and_stays_close_to_float32(tiny_model):
+def losses_of_three_steps(model, learning_rate: float, dtype) -> list[float]:
+    """Train ``model``'s trainable weights 3 steps of 2 x 2 short examples with ``train(autocast_dtype=dtype)``; the step losses."""
     examples = [TokenizedExample(list(range(10 + i, 40 + i)), list(range(10 + i, 40 + i))) for i in range(4)]
+    optimizer = torch.optim.AdamW([parameter for parameter in model.parameters() if parameter.requires_grad], lr=learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    reports = []
+    train(model, optimizer, scheduler, micro_batches(examples, 2, 0, 0), TrainingProgress(), 3, 2, 1.0, lambda: False,
+          lambda report, progress, rng: reports.append(report.loss), autocast_dtype=dtype)
+    return reports
+
+
+def test_autocast_training_multiplies_in_bfloat16_and_stays_close_to_float32(tiny_model):
     losses, seen = {}, set()
     for dtype in (None, torch.bfloat16):
         model = load_model(tiny_model("LlamaForCausalLM"), torch.float32).requires_grad_(True)
         hook = model.model.layers[0].mlp.down_proj.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        reports = []
-        train(model, optimizer, scheduler, micro_batches(examples, 2, 0, 0), TrainingProgress(), 3, 2, 1.0, lambda: False,
-              lambda report, progress, rng: reports.append(report.loss), autocast_dtype=dtype)
+        losses[dtype] = losses_of_three_steps(model, 1e-3, dtype)
         hook.remove()
-        losses[dtype] = reports
         assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
     assert seen == {torch.float32, torch.bfloat16}
     assert losses[torch.bfloat16] == pytest.approx(losses[None], rel=2e-2)
@@ -69,7 +74,6 @@ def test_autocast_training_multiplies_in_bfloat16_and_stays_close_to_float32(tin
 
 def test_adapters_on_a_bfloat16_base_multiply_in_bfloat16_without_peft_s_float32_copies(tiny_model):
     """Under ``computing_in`` an adapter takes the base's bfloat16 activations as they are; its weights stay float32 and learn."""
-    examples = [TokenizedExample(list(range(10 + i, 40 + i)), list(range(10 + i, 40 + i))) for i in range(4)]
     losses, inputs_seen = {}, {}
     for dtype in (None, torch.bfloat16):
         torch.manual_seed(0)
@@ -78,13 +82,8 @@ def test_adapters_on_a_bfloat16_base_multiply_in_bfloat16_without_peft_s_float32
         seen = inputs_seen.setdefault(dtype, set())
         hook = adapter.register_forward_hook(lambda module, inputs, output: seen.add((inputs[0].dtype, output.dtype)))
         before = {name: parameter.detach().clone() for name, parameter in model.named_parameters() if parameter.requires_grad}
-        optimizer = torch.optim.AdamW([parameter for parameter in model.parameters() if parameter.requires_grad], lr=1e-2)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        reports = []
-        train(model, optimizer, scheduler, micro_batches(examples, 2, 0, 0), TrainingProgress(), 3, 2, 1.0, lambda: False,
-              lambda report, progress, rng: reports.append(report.loss), autocast_dtype=dtype)
+        losses[dtype] = losses_of_three_steps(model, 1e-2, dtype)
         hook.remove()
-        losses[dtype] = reports
         trained = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
         assert {parameter.dtype for parameter in trained.values()} == {torch.float32}
         assert all(not torch.equal(before[name], parameter) for name, parameter in trained.items() if "lora_B" in name), "B learns"
