@@ -36,10 +36,10 @@ class MftdRun:
     validation_loss: Optional[float]
     resolved_config: dict[str, Any]
     padding_share: Optional[float]
-    compile_seconds: Optional[float] = None  # the compile event's time, when the job compiled its layers
-    compile_warnings: tuple[str, ...] = ()
     memory_plan: dict[str, Any]
     events: list[str]
+    compile_seconds: Optional[float] = None  # the compile event's time, when the job compiled its layers
+    compile_warnings: tuple[str, ...] = ()
 
     @property
     def peak_rss_mb(self) -> Optional[float]:
