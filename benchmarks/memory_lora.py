@@ -86,7 +86,8 @@ def run_mftd(model_dir: Path, data: Path, steps: int, variant: str, base_loader:
     scheduler = build_lr_scheduler(optimizer, "cosine", 0, steps)
     reports = []
     train(model, optimizer, scheduler, micro_batches(examples, micro_batch, SEED, tokenizer.pad_token_id), TrainingProgress(), steps,
-          EFFECTIVE_BATCH // micro_batch, 1.0, StopSignal().is_requested, lambda report, *_: reports.append(report))
+          EFFECTIVE_BATCH // micro_batch, 1.0, StopSignal().is_requested, lambda report, *_: reports.append(report),
+          autocast_dtype=torch.bfloat16 if base_dtype == "bfloat16" else None)  # as the worker trains adapters on a bfloat16 base
     timed = reports[1:] or reports
     return {"tokens_per_second": sum(r.tokens for r in timed) / sum(r.seconds for r in timed), "losses": [r.loss for r in reports]}
 
