@@ -1,7 +1,7 @@
 """Set the worker's malloc mmap threshold to the memory plan's allocator setting, with glibc's mallopt.
 
 The worker starts with the lean setting in its environment (``mftd.protocol.worker_environment``):
-loading and planning run under it. Once the plan is made, a "fast" plan raises the threshold to
+tokenizing and planning run under it. Once the plan is made, before the model loads, a "fast" plan raises the threshold to
 16 MB (tensors below it are then reused from the heap instead of being mapped and faulted in
 afresh); a "lean" one keeps 1 MB. Setting the threshold also pins the trim threshold (glibc would
 otherwise have slid it up with a sliding mmap threshold), so freed memory at the top of the heap

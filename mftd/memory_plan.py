@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, replace
 from types import SimpleNamespace
 from typing import Any, Optional
 
+from mftd.protocol import MMAP_THRESHOLDS
+
 
 
 MB = 1024 * 1024
@@ -74,8 +76,6 @@ SHARDED_OPTIMIZER_WORKING_MB = 64.0
 # (benchmarks/allocator_slack.py, README "Memory"): SmolLM2-135M bfloat16 LoRA at micro-batch 4
 # kept 542 MB more (213 MB checkpointed), at micro-batch 1, whose hidden-sized tensors are below
 # 1 MB, none.
-LEAN_MMAP_THRESHOLD_MB = 1.0
-FAST_MMAP_THRESHOLD_MB = 16.0
 SLACK_LAYER_WORKING_SETS = 6.0
 SLACK_SHARE_OF_KEPT = 0.32
 
@@ -256,7 +256,7 @@ def estimate_peak(
 
 def _between_thresholds_mb(tensors: list[tuple[int, int]]) -> float:
     """MB of the (count, bytes) tensors whose size puts them on the heap with the fast setting and in mappings with the lean one."""
-    return sum(count * size for count, size in tensors if LEAN_MMAP_THRESHOLD_MB * MB <= size < FAST_MMAP_THRESHOLD_MB * MB) / MB
+    return sum(count * size for count, size in tensors if MMAP_THRESHOLDS["lean"] <= size < MMAP_THRESHOLDS["fast"]) / MB
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,13 @@ WORKER_MODULE = "jobs.worker"
 # (1,216 against 1,738 MB, micro-batch 4 x 256 tokens, checkpointed). That lean setting costs speed:
 # a bfloat16-base LoRA run without checkpointing (4 packed rows of 256 tokens) peaked at 1,726 MB
 # against 2,253 but trained at 251 tokens/s against 372, each large tensor mapped and faulted in
-# afresh (a 16 MB threshold: 2,033 MB at 373 tokens/s). So the worker starts lean (loading and
+# afresh (a 16 MB threshold: 2,033 MB at 373 tokens/s). So the worker starts lean (tokenizing and
 # planning), and the memory plan then picks the threshold (``mftd.memory_plan``, ``MemoryPlan.allocator``):
 # "fast" when the budget has room for the heap slack a 16 MB threshold keeps, "lean" otherwise; the
 # worker sets it with mallopt (``jobs.allocator``). A MALLOC_MMAP_THRESHOLD_ of the user's own wins.
-WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 # mmap thresholds of the plan's allocator settings, in bytes.
 MMAP_THRESHOLDS = {"lean": 1 << 20, "fast": 16 << 20}
+WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLDS["lean"])}
 # Names of WORKER_MALLOC_ENV that the daemon set itself (comma-separated), so that the worker can
 # tell its defaults from the user's own settings, which it leaves alone.
 MALLOC_DEFAULTS_ENV = "MFTD_MALLOC_DEFAULTS"
