@@ -25,13 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import EFFECTIVE_BATCH, MODEL_BUILDERS, MODEL_NAMES, SEQUENCE, relative_error, write_text_examples  # noqa: E402
 from mftd.protocol import MMAP_THRESHOLDS  # noqa: E402
 
-LORA = {"method": "lora", "base_dtype": "bfloat16", "lora_rank": 8}
+# Unpacked: the plan is made for micro-batches of full rows, and packing would lay these text examples
+# (of varied lengths) in fewer rows, below what the constants are fitted to.
+LORA = {"method": "lora", "base_dtype": "bfloat16", "lora_rank": 8, "packing": False}
 # name -> (model, job config fields)
 CONFIGS = {
     "smollm2-lora-bf16-mb4": ("smollm2", {**LORA, "batch_size": 4, "grad_accum_steps": 1, "gradient_checkpointing": False}),
     "smollm2-lora-bf16-mb4-checkpointed": ("smollm2", {**LORA, "batch_size": 4, "grad_accum_steps": 1, "gradient_checkpointing": True}),
     "smollm2-lora-bf16-mb1": ("smollm2", {**LORA, "batch_size": 1, "grad_accum_steps": 4, "gradient_checkpointing": False}),
-    "smollm2-full-mb1-checkpointed": ("smollm2", {"method": "full", "compute_dtype": "float32", "parameter_sharding": False,
+    "smollm2-full-mb1-checkpointed": ("smollm2", {"method": "full", "compute_dtype": "float32", "parameter_sharding": False, "packing": False,
                                                   "batch_size": 1, "grad_accum_steps": 4, "gradient_checkpointing": True}),
     "gemma3-lora-bf16-mb4": ("gemma3", {**LORA, "batch_size": 4, "grad_accum_steps": 1, "gradient_checkpointing": False}),
     "gemma3-lora-bf16-mb4-checkpointed": ("gemma3", {**LORA, "batch_size": 4, "grad_accum_steps": 1, "gradient_checkpointing": True}),

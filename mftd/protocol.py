@@ -19,8 +19,13 @@ EXIT_BAD_CONFIG = 78     # the job cannot run as configured; retrying will not h
 
 WORKER_MODULE = "jobs.worker"
 
-# glibc allocator settings a worker starts with (the user's environment wins). Up to eight arenas per
-# core keep freed memory that a phone cannot spare: two are enough for a few threads. Tensors of 1 MB
+# glibc allocator settings a worker starts with (the user's environment wins). Arenas: at most eight,
+# not glibc's eight per core. A worker has a thread per compute core plus about four more (heartbeat,
+# stop watchers, the tokenizer's pool); with fewer arenas than that, compute threads share one and
+# wait on its lock at every tensor they allocate. Two arenas cost 11-16% of the chat benchmark's
+# tokens/s against eight (SmolLM2 LoRA, 2 threads, alternated runs of 30 steps: 279 against 323 and
+# 256 against 284), and eight held at most 52 MB more at the peak (benchmarks/allocator_slack.py:
+# 1,856 against 1,803 MB; checkpointed and micro-batch 1 within 25 MB). Tensors of 1 MB
 # and more get their own mapping, given back at free: with glibc's sliding default (up to 32 MB)
 # they land on the heap, where fragmentation held about 500 MB more at SmolLM2's LoRA peak
 # (1,216 against 1,738 MB, micro-batch 4 x 256 tokens, checkpointed). That lean setting costs speed:
@@ -32,7 +37,7 @@ WORKER_MODULE = "jobs.worker"
 # worker sets it with mallopt (``jobs.allocator``). A MALLOC_MMAP_THRESHOLD_ of the user's own wins.
 # mmap thresholds of the plan's allocator settings, in bytes.
 MMAP_THRESHOLDS = {"lean": 1 << 20, "fast": 16 << 20}
-WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLDS["lean"])}
+WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "8", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLDS["lean"])}
 # Names of WORKER_MALLOC_ENV that the daemon set itself (comma-separated), so that the worker can
 # tell its defaults from the user's own settings, which it leaves alone.
 MALLOC_DEFAULTS_ENV = "MFTD_MALLOC_DEFAULTS"

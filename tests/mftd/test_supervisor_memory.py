@@ -136,7 +136,7 @@ def test_workers_run_with_malloc_settings_that_give_memory_back(supervise, make_
     supervisor = supervise("sleep")
     supervisor.start(job_id)
     pid = wait_until_ready(settings, job_id)
-    assert "MALLOC_ARENA_MAX=2" in _environ(pid) and "MALLOC_MMAP_THRESHOLD_=1048576" in _environ(pid)
+    assert "MALLOC_ARENA_MAX=8" in _environ(pid) and "MALLOC_MMAP_THRESHOLD_=1048576" in _environ(pid)
     assert "MFTD_MALLOC_DEFAULTS=MALLOC_ARENA_MAX,MALLOC_MMAP_THRESHOLD_" in _environ(pid)  # the worker may move the threshold
 
 
