@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
 from jobs.allocator import use_allocator
+from jobs.attention import use_matmul_attention
 from jobs.artifacts import save_artifacts
 from jobs.batches import epoch_layout_fill, micro_batches
 from jobs.checkpoint import (
@@ -132,6 +133,7 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
 
     reporter.event("loading model", data={"path": str(model_path)})
     model = _build_trainable_model(model_path, resolved)
+    _use_planned_attention(model, plan, reporter)
     release_freed_memory()  # loading frees a lot that glibc would otherwise keep for the whole run
     total_parameters, trainable_parameters = count_parameters(model)
     reporter.event(
@@ -280,6 +282,18 @@ def _build_trainable_model(model_path: Path, config: ResolvedJobConfig) -> torch
         )
     model.requires_grad_(True)
     return model
+
+
+def _use_planned_attention(model: torch.nn.Module, plan: MemoryPlan, reporter: JobReporter) -> None:
+    """Attention as matrix products when the plan has room for its weights (``MemoryPlan.attention``), and an event saying which."""
+    if plan.attention != "matmul":
+        return
+    if use_matmul_attention(model):
+        reporter.event("attention: matrix products (the plan has room for the attention weights they keep)", kind="memory",
+                       data={"attention": "matmul"})
+    else:
+        reporter.event("attention: the model's own (it does not run SDPA, which matrix-product attention stands in for)", kind="memory",
+                       data={"attention": "model"})
 
 
 def _packing(reporter: JobReporter, config: JobConfig, model_type: str, dataset: TokenizedDataset, micro_batch: int) -> bool:

@@ -26,6 +26,8 @@ The plan also picks the worker's allocator setting (``MemoryPlan.allocator``): g
 LoRA run about a third of its speed) or 16 MB ("fast": such tensors below 16 MB are reused from the
 heap, which holds on to more). Fast when the budget has room for the settings' resident need with the
 slack, else lean: the allocator never changes the other settings. The worker applies it (``jobs.allocator``).
+A fast plan also computes attention as matrix products (``MemoryPlan.attention``, ``jobs.attention``),
+faster than torch's flash kernel but keeping every layer's attention weights, which its estimate counts.
 
 The constants were fitted on worker runs of SmolLM2-135M and Gemma 3 270M (LoRA in float32 and
 bfloat16, with and without checkpointing, micro-batch 1 and 4, and full fine-tuning; sequence 256)
@@ -83,6 +85,10 @@ SHARDED_OPTIMIZER_WORKING_MB = 64.0
 # 1 MB, none.
 SLACK_LAYER_WORKING_SETS = 6.0
 SLACK_SHARE_OF_KEPT = 0.32
+# A fast plan also trains with attention as matrix products (jobs/attention.py), which keeps each
+# layer's attention weights for the backward pass: float32 from the softmax, and a copy in the
+# activations' dtype when that is narrower (the product with the values reads it).
+ATTENTION_WEIGHT_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,9 @@ def estimate_peak(
         activations = shape.num_layers * per_layer
     slack = 0.0
     if allocator == "fast":
+        weight_bytes = ATTENTION_WEIGHT_BYTES + (activation_bytes if activation_bytes < ATTENTION_WEIGHT_BYTES else 0)
+        kept_layers = 1 if gradient_checkpointing else shape.num_layers
+        activations += kept_layers * micro_batch * shape.num_attention_heads * sequence * sequence * weight_bytes
         hidden = (hidden_tensors, tokens * shape.hidden_size * 4)
         intermediate = (INTERMEDIATE_TENSORS_PER_LAYER, tokens * shape.intermediate_size * activation_bytes)
         attention = (1, micro_batch * shape.num_attention_heads * sequence * sequence * 4)
@@ -311,6 +320,11 @@ class MemoryPlan:
     def fits(self) -> bool:
         return self.estimate.resident <= self.budget_mb
 
+    @property
+    def attention(self) -> str:
+        """How the worker computes attention: "matmul" (``jobs.attention``, faster, keeps the attention weights) in a fast plan, else "sdpa"."""
+        return "matmul" if self.allocator == "fast" else "sdpa"
+
     def describe(self) -> str:
         settings = [f"micro-batch {self.micro_batch} x {self.grad_accum_steps}"]
         if self.gradient_checkpointing:
@@ -335,6 +349,7 @@ class MemoryPlan:
             "parameter_sharding": self.parameter_sharding,
             "compute_dtype": self.compute_dtype,
             "allocator": self.allocator,
+            "attention": self.attention,
             "sequence": self.sequence,
             "budget_mb": round(self.budget_mb, 1),
             "estimate_mb": round(self.estimate.total, 1),  # the expected peak RSS, compared with peak_mb after the run

@@ -47,14 +47,16 @@ def test_worker_shows_the_plan_before_training_and_the_measured_peak_after(tmp_p
     job_id = create_job(engine, tiny_model(), write_jsonl(tmp_path / "chat.jsonl", chat_records(4)), max_steps=1, grad_accum_steps=1)
     assert run_worker(job_id, settings, StopSignal()) == EXIT_SUCCEEDED
     memory = [event for event in job_events(engine, job_id) if event.kind == "memory"]
-    assert [event.message.split(" ")[0] for event in memory] == ["memory", "allocator:", "peak"]
+    assert [event.message.split(" ")[0] for event in memory] == ["memory", "allocator:", "attention:", "peak"]
     dtype_shown = ", bfloat16 base" if bfloat16_matmul_supported() else ""  # a null base_dtype
     settings_shown = f"micro-batch 1 x 1{dtype_shown}, fast allocator"  # the default budget has room for the slack
     assert memory[0].message.startswith(f"memory plan: {settings_shown}: estimate ") and "activations" in memory[0].message
     assert memory[1].message.startswith("allocator: fast (mmap threshold 16 MB, ") or "not applied" in memory[1].message
-    peak = json.loads(memory[2].data_json)
+    # The fast plan's attention: matrix products on this SDPA model (jobs/attention.py), kept as the plan counted.
+    assert memory[2].message.startswith("attention: matrix products") and json.loads(memory[2].data_json) == {"attention": "matmul"}
+    peak = json.loads(memory[3].data_json)
     assert peak["peak_rss_mb"] > 50 and peak["estimate_mb"] == pytest.approx(json.loads(memory[0].data_json)["estimate_mb"], abs=0.1)
-    assert "error" in memory[2].message
+    assert "error" in memory[3].message
     shown = json.loads(job_row(engine, job_id).memory_plan_json)
     assert shown["peak_mb"] == pytest.approx(peak["peak_rss_mb"], abs=0.1) and shown["budget_mb"] == settings.default_memory_budget_mb
 

@@ -185,11 +185,15 @@ def test_a_budget_with_room_for_the_allocator_slack_gets_the_fast_allocator_and_
     lean = estimate_peak(SMOLLM2, "lora", "bfloat16", 8, 4, 256, False)
     fast = estimate_peak(SMOLLM2, "lora", "bfloat16", 8, 4, 256, False, allocator="fast")
     assert lean.allocator_slack == 0 and fast.allocator_slack > 50
-    assert fast.total == pytest.approx(lean.total + fast.allocator_slack)
+    # Fast plans also attend by matrix products, which keep every layer's attention weights: float32 and a bfloat16 copy.
+    attention_weights_mb = 30 * 4 * 9 * 256 * 256 * (4 + 2) / 2**20
+    assert fast.activations == pytest.approx(lean.activations + attention_weights_mb)
+    assert fast.total == pytest.approx(lean.total + fast.allocator_slack + attention_weights_mb)
     plan = plan_memory(SMOLLM2, replace(LORA, base_dtype="bfloat16", budget_mb=fast.total + 1))
     assert (plan.allocator, plan.micro_batch, plan.gradient_checkpointing, plan.fits) == ("fast", 4, False, True)
     assert plan.estimate == fast
     assert plan.to_json()["allocator"] == "fast" and plan.to_json()["estimate"]["allocator_slack"] == round(fast.allocator_slack, 1)
+    assert plan.attention == plan.to_json()["attention"] == "matmul"
     assert "fast allocator" in plan.describe() and "allocator slack" in plan.describe()
 
 
@@ -199,6 +203,18 @@ def test_without_room_for_the_slack_the_plan_keeps_its_settings_with_the_lean_al
     plan = plan_memory(SMOLLM2, replace(LORA, base_dtype="bfloat16", budget_mb=(lean.total + fast.total) / 2))
     # The allocator never takes a larger micro-batch or no checkpointing away: lean whenever fast does not fit.
     assert (plan.allocator, plan.micro_batch, plan.gradient_checkpointing, plan.fits) == ("lean", 4, False, True)
-    assert plan.estimate == lean and "lean allocator" in plan.describe()
+    assert plan.estimate == lean and "lean allocator" in plan.describe() and plan.attention == "sdpa"
     refused = plan_memory(SMOLLM2, replace(LORA, base_dtype="bfloat16", budget_mb=100))
     assert refused.allocator == "lean" and not refused.fits
+
+
+def test_checkpointed_fast_plans_keep_one_layers_attention_weights_and_float32_runs_no_copy():
+    def extra(dtype: str, checkpointed: bool) -> float:
+        lean = estimate_peak(SMOLLM2, "lora", dtype, 8, 2, 128, checkpointed)
+        fast = estimate_peak(SMOLLM2, "lora", dtype, 8, 2, 128, checkpointed, allocator="fast")
+        return fast.activations - lean.activations
+
+    one_layer_float32 = 2 * 9 * 128 * 128 * 4 / 2**20
+    assert extra("float32", True) == pytest.approx(one_layer_float32)
+    assert extra("bfloat16", True) == pytest.approx(one_layer_float32 * 6 / 4)
+    assert extra("float32", False) == pytest.approx(30 * one_layer_float32)
