@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from jobs.attention import IMPLEMENTATION
 from jobs.batches import MicroBatch, epoch_layout_fill, micro_batches, pack_micro_batch, packed_rows, pad_examples
 from jobs.chunked_loss import chunked_summed_token_loss
 from jobs.data import IGNORE_INDEX, TokenizedExample
@@ -75,7 +76,7 @@ def gradients(model, loss):
     return {name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.requires_grad}
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", IMPLEMENTATION])
 @pytest.mark.parametrize("architecture", ["Qwen2ForCausalLM", "GPT2LMHeadModel", "Gemma3ForCausalLM", "LlamaForCausalLM"])
 def test_each_example_in_a_packed_row_has_its_loss_alone(tiny_model, architecture, attention):
     model = prepared(tiny_model(architecture), "full")

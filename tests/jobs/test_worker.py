@@ -35,7 +35,8 @@ def test_successful_run_reports_progress_metrics_and_artifacts(tmp_path, setting
     assert messages[3].startswith("packing: micro-batches of 2 examples are ") and "% real tokens (" in messages[3]
     assert messages[4].startswith("threads: ")
     assert messages[5] == "loading model"
-    assert messages[6].startswith("model loaded (") and " trainable)" in messages[6]
+    assert messages[6].startswith("attention: matrix products")  # the fast plan's attention, on this SDPA model
+    assert messages[7].startswith("model loaded (") and " trainable)" in messages[7]
     assert messages[-1] == "artifacts saved"
     resolved = json.loads((settings.job_dir(job_id) / RESOLVED_CONFIG_FILENAME).read_text())
     assert resolved["total_steps"] == 5 and resolved["lora_target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
