@@ -8,11 +8,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from jobs.attention import IMPLEMENTATION, matmul_attention, use_matmul_attention
 from jobs.batches import MicroBatch, pack_micro_batch, packed_rows, pad_examples
-from jobs.model_setup import add_lora_adapter, load_model
 from jobs.precision import computing_in
 from jobs.training import summed_token_loss
-from jobs.training_state import seed_everything
-from tests.jobs.test_packing import CAPACITY, some_examples
+from tests.jobs.test_packing import CAPACITY, prepared, some_examples
 
 ARCHITECTURES = ["Qwen2ForCausalLM", "GPT2LMHeadModel", "Gemma3ForCausalLM", "LlamaForCausalLM"]
 
@@ -30,21 +28,6 @@ def micro_batches() -> dict[str, MicroBatch]:
     }
 
 
-def model_for(model_path, method: str, dtype: torch.dtype = torch.float32):
-    model = load_model(model_path, dtype)
-    seed_everything(0)
-    if method == "lora":
-        targets = ["c_attn"] if model.config.model_type == "gpt2" else ["q_proj", "v_proj"]
-        model = add_lora_adapter(model, 4, 8.0, 0.0, targets)
-        with torch.no_grad():  # non-zero B, so that the adapter changes the outputs
-            for name, parameter in model.named_parameters():
-                if "lora_B" in name:
-                    parameter.normal_(0, 0.1)
-    else:
-        model.requires_grad_(True)
-    return model.eval()  # eval: GPT-2's attention dropout would go to SDPA (tested below)
-
-
 def loss_and_gradients(model, batch: MicroBatch, compute_dtype=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     with computing_in(model, compute_dtype):
@@ -56,7 +39,7 @@ def loss_and_gradients(model, batch: MicroBatch, compute_dtype=None) -> tuple[to
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_matmul_attention_trains_as_sdpa_does(tiny_model, architecture, method):
-    model = model_for(tiny_model(architecture), method)
+    model = prepared(tiny_model(architecture), method)
     base = model.get_base_model() if method == "lora" else model
     assert base.config._attn_implementation == "sdpa"
     for layout, batch in micro_batches().items():
@@ -70,7 +53,7 @@ def test_matmul_attention_trains_as_sdpa_does(tiny_model, architecture, method):
 
 
 def test_under_bfloat16_autocast_full_fine_tuning_stays_close_to_sdpa(tiny_model):
-    model = model_for(tiny_model("LlamaForCausalLM"), "full")
+    model = prepared(tiny_model("LlamaForCausalLM"), "full")
     batch = micro_batches()["packed"]
     sdpa_loss, sdpa_gradients = loss_and_gradients(model, batch, torch.bfloat16)
     assert use_matmul_attention(model)
@@ -109,7 +92,7 @@ def test_calls_it_does_not_cover_go_to_sdpa_unchanged():
 
 
 def test_a_model_that_does_not_run_sdpa_keeps_its_attention(tiny_model):
-    model = model_for(tiny_model("Qwen2ForCausalLM"), "lora")
+    model = prepared(tiny_model("Qwen2ForCausalLM"), "lora")
     model.get_base_model().set_attn_implementation("eager")
     assert not use_matmul_attention(model)
     assert model.get_base_model().config._attn_implementation == "eager"
