@@ -35,6 +35,7 @@ Anything this does not cover goes to transformers' SDPA function unchanged:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import torch
@@ -58,6 +59,12 @@ def is_handled(query: torch.Tensor, key: torch.Tensor, dropout: float, kwargs: d
         and not kwargs.get("output_attentions", False)
         and all(kwargs.get(name) is None for name in _UNHANDLED_ARGUMENTS)
     )
+
+
+@functools.lru_cache(maxsize=8)
+def causal_mask(length: int, device: torch.device) -> torch.Tensor:
+    """(length, length) booleans, True on and below the diagonal: made once per length, not in every layer of every pass."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
 
 
 def matmul_attention(
@@ -87,7 +94,7 @@ def matmul_attention(
     groups = heads // kv_heads
     scale = scaling if scaling is not None else head_dim**-0.5
     if attention_mask is None:
-        attention_mask = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
+        attention_mask = causal_mask(length, query.device)
     elif attention_mask.dtype != torch.bool:  # an additive float mask: 0 where attending
         attention_mask = attention_mask == 0
     # repeat_kv gives key/value head i to query heads i * groups ... (i + 1) * groups - 1: a reshape groups them.
