@@ -14,7 +14,11 @@ block-diagonal causal mask from them (Hugging Face's ``find_packed_sequence_indi
 eager and SDPA attention paths both honour), so each example sees only itself:
 ``tests/jobs/test_packing.py`` shows each example's loss and gradients in a packed row equal those
 of the example alone. Every optimizer step therefore sees the same examples, in the same
-accumulation groups, whether packing is on or off; only the arithmetic spent on padding goes.
+accumulation groups, whether packing is on or off; only the arithmetic spent on padding goes. A
+micro-batch that packing would not make smaller keeps a row per example but is still laid out as
+packed rows (positions given, the padding a segment of its own), so that every micro-batch of a
+packed stream reaches the model in one form: compiled layers (``jobs/compile.py``) then need no
+graph for a second one.
 
 Why this and not the alternatives, as measured on SmolLM2-135M LoRA (bfloat16 base, 2 threads):
 
@@ -213,11 +217,15 @@ def micro_batches(
         order = epoch_order(len(examples), seed, epoch)
         while batch_index < per_epoch:
             chosen = [examples[i] for i in order[batch_index * batch_size : (batch_index + 1) * batch_size]]
-            rows = pack_micro_batch([len(example.input_ids) for example in chosen], pack_capacity) if pack_capacity else None
             position_ids = None
-            if rows is None:
+            if pack_capacity is None:
                 input_ids, attention_mask, labels = pad_examples(chosen, pad_token_id)
             else:
+                # When packing saves nothing, each example gets a row of its own, still laid out as
+                # packed rows (the padding a segment of its own): every micro-batch of a packed
+                # stream reaches the layers in one form, so compiled layers need one graph for them.
+                rows = pack_micro_batch([len(example.input_ids) for example in chosen], pack_capacity)
+                rows = rows or [[index] for index in range(len(chosen))]
                 input_ids, attention_mask, labels, position_ids = packed_rows(chosen, rows, pad_token_id)
             batch_index += 1
             at_epoch_end = batch_index == per_epoch

@@ -138,10 +138,19 @@ def test_a_micro_batch_packs_into_the_fewest_balanced_rows():
 
 
 @pytest.mark.parametrize("lengths", [[100, 100, 100], [256, 256, 256, 256], [246, 128, 224, 137], [7]])
-def test_a_micro_batch_stays_padded_when_rows_would_not_be_smaller(lengths):
+def test_a_micro_batch_keeps_a_row_per_example_when_rows_would_not_be_smaller(lengths):
     """Equal lengths have no padding to save; 3 x 100 in rows of 256 would be 2 rows of 200, more than padded;
-    246, 224, 137 and 128 fit no 3 rows of 256."""
+    246, 224, 137 and 128 fit no 3 rows of 256. The stream still lays them out as packed rows, one example each."""
     assert pack_micro_batch(lengths, 256) is None
+    examples = [TokenizedExample(list(range(1, length + 1)), list(range(1, length + 1))) for length in lengths]
+    [batch] = islice(micro_batches(examples, len(lengths), seed=0, pad_token_id=0, pack_capacity=256), 1)
+    padded_ids, padded_mask, _labels = pad_examples([examples[i] for i in range(len(lengths))], pad_token_id=0)
+    assert batch.input_ids.shape == padded_ids.shape
+    assert sorted(batch.input_ids.tolist()) == sorted(padded_ids.tolist())
+    assert batch.position_ids is not None, "packed form: positions given, no padding mask"
+    for row, mask in zip(batch.position_ids.tolist(), batch.attention_mask.tolist()):
+        real = sum(mask)
+        assert row == list(range(real)) + list(range(len(row) - real)), "the padding tail is a segment of its own"
 
 
 def test_a_packed_row_restarts_positions_and_masks_each_first_token():
@@ -157,7 +166,8 @@ def test_packing_keeps_every_micro_batch_s_examples_and_resumes_at_any_position(
     examples = some_examples(count=30)
     packed = list(islice(micro_batches(examples, 4, seed=3, pad_token_id=0, pack_capacity=CAPACITY), 20))
     padded = list(islice(micro_batches(examples, 4, seed=3, pad_token_id=0), 20))
-    assert sum(batch.position_ids is not None for batch in packed) >= 10, "most micro-batches of these lengths pack"
+    assert all(batch.position_ids is not None for batch in packed), "a packed stream lays out every micro-batch as packed rows"
+    assert sum(batch.input_ids.shape[0] < 4 for batch in packed) >= 10, "most micro-batches of these lengths pack into fewer rows"
     for a, b in zip(packed, padded):
         assert sorted(a.input_ids[a.attention_mask.bool()].tolist()) == sorted(b.input_ids[b.attention_mask.bool()].tolist())
         assert (a.num_loss_tokens, a.next_epoch, a.next_batch_in_epoch) == (b.num_loss_tokens, b.next_epoch, b.next_batch_in_epoch)
