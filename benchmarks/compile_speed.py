@@ -83,7 +83,7 @@ def interleaved(model_dir: Path, pairs: int, threads: int) -> None:
         print(f"load before: {load_average()}; 4 packed rows x 256 tokens, bfloat16 base, LoRA r8 on q,k,v,o, {threads} threads", flush=True)
         step()  # warm-up of the eager path
         started = time.perf_counter()
-        _stream, compiled = compile_decoder_layers(model, iter([batch]), None, Path(folder) / "unused", lambda message, **_: print(message, flush=True))
+        _stream, compiled = compile_decoder_layers(model, iter([batch]), None, Path(folder) / "unused", lambda message, **_: print(message, flush=True), 1)
         print(f"compile (trial step included): {time.perf_counter() - started:.1f} s", flush=True)
         if compiled is None:
             return

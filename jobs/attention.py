@@ -12,7 +12,8 @@ dtype (accumulating in float32) around one float32 softmax:
 - the scores are scaled, masked and normalised in float32; the weights are rounded to the values'
   dtype for the second product, as in the flash kernel;
 - the mask is the boolean one transformers builds for SDPA (True where a query may attend), so
-  packed examples, padding and sliding windows reach it exactly as they reach SDPA.
+  packed examples, padding and sliding windows reach it exactly as they reach SDPA; it is built
+  for plain causal passes too (``always_a_mask``), so every pass reaches the layers in one form.
 
 Measured on SmolLM2-135M LoRA (bfloat16 base, 2 threads), alternating with SDPA in one process:
 - the chat benchmark's first 12 packed micro-batches: 307 against 277 useful tokens/s;
@@ -61,10 +62,13 @@ def is_handled(query: torch.Tensor, key: torch.Tensor, dropout: float, kwargs: d
     )
 
 
-@functools.lru_cache(maxsize=8)
-def causal_mask(length: int, device: torch.device) -> torch.Tensor:
-    """(length, length) booleans, True on and below the diagonal: made once per length, not in every layer of every pass."""
+def _causal(length: int, device: torch.device) -> torch.Tensor:
+    """(length, length) booleans, True on and below the diagonal."""
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+# Made once per length, not in every layer of every pass.
+causal_mask = functools.lru_cache(maxsize=8)(_causal)
 
 
 def matmul_attention(
@@ -93,8 +97,8 @@ def matmul_attention(
     kv_heads = key.shape[1]
     groups = heads // kv_heads
     scale = scaling if scaling is not None else head_dim**-0.5
-    if attention_mask is None:
-        attention_mask = causal_mask(length, query.device)
+    if attention_mask is None:  # traced into a compiled graph, the mask is made there (the cache is Python's)
+        attention_mask = _causal(length, query.device) if torch.compiler.is_compiling() else causal_mask(length, query.device)
     elif attention_mask.dtype != torch.bool:  # an additive float mask: 0 where attending
         attention_mask = attention_mask == 0
     # repeat_kv gives key/value head i to query heads i * groups ... (i + 1) * groups - 1: a reshape groups them.
@@ -109,7 +113,20 @@ def matmul_attention(
 
 
 AttentionInterface.register(IMPLEMENTATION, matmul_attention)
-AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+def always_a_mask(*args: Any, **kwargs: Any) -> Optional[torch.Tensor]:
+    """SDPA's boolean mask, made even where SDPA would leave it out for a plain causal pass.
+
+    Every micro-batch then reaches the layers with a mask of one layout: a tensor of its own, contiguous
+    (a plain causal mask comes expanded over the batch, with strides of 0, and a packed one as a view,
+    and compiled code keeps apart what it saw of either): a row holding one example and no padding
+    looks like any packed one, so layers compiled for one need no second graph for the other
+    (``jobs/compile.py``). The mask is made once per forward pass, for all layers.
+    """
+    mask = sdpa_mask(*args, **{**kwargs, "allow_is_causal_skip": False})
+    return mask.contiguous().clone() if mask is not None else None
+
+
+AttentionMaskInterface.register(IMPLEMENTATION, always_a_mask)
 
 
 def use_matmul_attention(model: PreTrainedModel) -> bool:

@@ -188,7 +188,9 @@ def run_job(job_id: int, settings: Settings, engine: Engine, reporter: JobReport
         _pack_capacity(dataset) if resolved.packing else None,
     )
     if resolved.compile:
-        batches, _compiled = compile_decoder_layers(model, batches, compute_dtype, settings.data_dir / "cache" / "inductor", reporter.event)
+        batches, _compiled = compile_decoder_layers(
+            model, batches, compute_dtype, settings.data_dir / "cache" / "inductor", reporter.event, resolved.batch_size,
+        )
     outcome = train(
         model, optimizer, scheduler, batches, progress, resolved.total_steps, resolved.grad_accum_steps,
         resolved.max_grad_norm, stop.is_requested, on_step, stepper=sharded, autocast_dtype=compute_dtype,
