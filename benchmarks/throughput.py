@@ -13,7 +13,10 @@ Speed phase: ``--steps`` optimizer steps on each dataset. **Useful tokens/s** co
 (non-padding) tokens that go through the model, prompt included, over the steps after the first
 (warm-up). mftd runs a real job through its worker (``python -m jobs.worker``), with memory and
 precision left to its defaults (``--mftd-option key=value`` sets any ``JobConfig`` field, to compare
-variants); its steps and tokens come from the job's metrics. Trainer runs as
+variants); its steps and tokens come from the job's metrics. mftd runs twice: as the job's defaults
+have it (eager), and with ``compile: true`` (``jobs/compile.py``: its compile time, before the first
+step, is printed and not counted; the cache is ``~/.cache/mftd-benchmarks/inductor``, so a second run
+of the benchmark compiles from it; ``--no-compile`` leaves these runs out). Trainer runs as
 ``benchmarks/throughput_trainer.py`` describes (float32, dynamic padding). A step's time is, for
 mftd, what its training loop reports (building the batch included, writing the metric not); for
 Trainer, the time from the end of the previous step (data loading and logging included).
@@ -33,7 +36,7 @@ batch size, so both runners take the same number of steps over the same examples
 changes how a micro-batch is laid out, not which examples it holds); then the mean token loss on the held-out chat examples (``--chat-validation-examples``), which
 mftd computes as the job's ``validation_dataset`` and Trainer's side the same way after training.
 
-    python benchmarks/throughput.py [--steps 30] [--epochs 1] [--chat-train-examples 240] [--phases speed,quality] [--mftd-option packing=false]
+    python benchmarks/throughput.py [--steps 30] [--epochs 1] [--chat-train-examples 240] [--phases speed,quality] [--no-compile] [--mftd-option packing=false]
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ from typing import Any, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.chat_data import write_chat_dataset  # noqa: E402
-from benchmarks.common import EFFECTIVE_BATCH, ROOT, SEED, SEQUENCE, ensure_smollm2, quiet_transformers, write_text_examples  # noqa: E402
-from benchmarks.mftd_job import MftdRun, run_mftd_job  # noqa: E402
+from benchmarks.common import CACHE, EFFECTIVE_BATCH, ROOT, SEED, SEQUENCE, ensure_smollm2, quiet_transformers, write_text_examples  # noqa: E402
+from benchmarks.mftd_job import run_mftd_job  # noqa: E402
 
 RANK, ALPHA, LEARNING_RATE = 8, 16.0, 1e-4
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -62,6 +65,9 @@ MATMUL_SIZE = 2048
 MATMUL_REPEATS = 5
 QUALITY_TARGET = 0.01  # mftd's validation loss within 1% of Trainer's
 RESULT_PREFIX = "RESULT "
+TRAINER, MFTD, MFTD_COMPILED = "HF Trainer + PEFT", "mftd", "mftd, compile: true"
+# The compiled runs' inductor cache: a second run of the benchmark compiles from it, as a resumed job does.
+INDUCTOR_CACHE = CACHE / "inductor"
 TRAINER_SETTINGS = dict(rank=RANK, alpha=ALPHA, targets=TARGETS, learning_rate=LEARNING_RATE, batch_size=EFFECTIVE_BATCH,
                         max_length=SEQUENCE, seed=SEED)
 
@@ -229,21 +235,32 @@ def trainer_speed(dataset: str, result: dict) -> SpeedRow:
     steps = result["steps"]
     useful, padded = sum(step["useful"] for step in steps), sum(step["padded"] for step in steps)
     rate = timed_rate([step["useful"] for step in steps], [step["seconds"] for step in steps])
-    return SpeedRow(dataset, "HF Trainer + PEFT", rate, 1 - useful / padded)
+    return SpeedRow(dataset, TRAINER, rate, 1 - useful / padded)
 
 
-def mftd_speed(dataset: str, run: MftdRun) -> SpeedRow:
-    return SpeedRow(dataset, "mftd", timed_rate(run.step_tokens, run.step_seconds), run.padding_share)
+def mftd_variants(options: dict[str, Any], compiled: bool) -> list[tuple[str, dict[str, Any]]]:
+    """The mftd runs of the speed phase, as (runner name, options): the job's defaults, and with ``compile: true`` when asked for and not set already."""
+    variants = [(MFTD, options)]
+    if compiled and "compile" not in options:
+        variants.append((MFTD_COMPILED, {**options, "compile": True}))
+    return variants
 
 
 def speed_phase(model_dir: Path, data: dict[str, Path], args: argparse.Namespace, options: dict[str, Any]) -> list[SpeedRow]:
-    """Both runners, ``args.steps`` steps on each dataset."""
+    """Both runners (mftd also compiled, unless ``--no-compile``), ``args.steps`` steps on each dataset."""
     rows = []
     for dataset, path in data.items():
-        started = time.perf_counter()
-        run = run_mftd_job(model_dir, path, None, mftd_job_config(options, args.threads, max_steps=args.steps))
-        print(f"mftd on {dataset}: {len(run.step_tokens)} steps, {time.perf_counter() - started:.0f} s with loading; {run.describe_settings()}", flush=True)
-        rows.append(mftd_speed(dataset, run))
+        for runner, variant in mftd_variants(options, args.compile):
+            started = time.perf_counter()
+            run = run_mftd_job(model_dir, path, None, mftd_job_config(variant, args.threads, max_steps=args.steps))
+            print(f"{runner} on {dataset}: {len(run.step_tokens)} steps, {time.perf_counter() - started:.0f} s with loading; "
+                  f"{run.describe_settings()}", flush=True)
+            if variant.get("compile"):
+                if run.compile_seconds is None:
+                    print(f"  it trained eager: {'; '.join(run.compile_warnings) or 'no compile event'}", flush=True)
+                else:
+                    print(f"  compiling took {run.compile_seconds:.0f} s before the first step (not counted in tokens/s)", flush=True)
+            rows.append(SpeedRow(dataset, runner, timed_rate(run.step_tokens, run.step_seconds), run.padding_share))
         started = time.perf_counter()
         result = run_trainer_child(model_dir, path, None, args.steps, 1.0, args.threads)
         print(f"HF Trainer + PEFT on {dataset}: {len(result['steps'])} steps, {time.perf_counter() - started:.0f} s with loading", flush=True)
@@ -285,7 +302,7 @@ def print_speed_table(rows: list[SpeedRow], peaks: dict[str, float], flops: floa
           f"float32 {peaks['float32']:.0f} GFLOP/s, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s")
     print("| dataset | runner | useful tokens/s | ratio vs HF | GFLOP/s | % of fp32 peak | % of bf16 peak | padding share |")
     print("|---|---|---|---|---|---|---|---|")
-    baselines = {row.dataset: row.useful_tokens_per_second for row in rows if row.runner != "mftd"}
+    baselines = {row.dataset: row.useful_tokens_per_second for row in rows if row.runner == TRAINER}
     for row in rows:
         gflops = row.useful_tokens_per_second * flops / 1e9
         ratio = f"{row.useful_tokens_per_second / baselines[row.dataset]:.2f}x" if row.dataset in baselines else "-"
@@ -304,6 +321,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="Threads for both trainers and the matmul peaks.")
     parser.add_argument("--mftd-option", action="append", default=[], metavar="KEY=VALUE",
                         help="A JobConfig field for the mftd jobs, e.g. base_dtype=bfloat16 (repeatable).")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="Leave out the speed phase's mftd runs with compile: true (they need a C++ compiler; compiling takes a minute or two per dataset).")
     parser.add_argument("--child-trainer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -319,6 +338,7 @@ def main() -> int:
     if not phases or phases - {"speed", "quality"}:
         sys.exit(f"--phases {args.phases!r}: choose from speed, quality")
     options = parse_mftd_options(args.mftd_option)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(INDUCTOR_CACHE))
     if options:
         print(f"mftd options: {options}", flush=True)
     model_dir = ensure_smollm2()
