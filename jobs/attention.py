@@ -112,7 +112,6 @@ def matmul_attention(
     return output.transpose(1, 2).to(query.dtype), None
 
 
-AttentionInterface.register(IMPLEMENTATION, matmul_attention)
 def always_a_mask(*args: Any, **kwargs: Any) -> Optional[torch.Tensor]:
     """SDPA's boolean mask, made even where SDPA would leave it out for a plain causal pass.
 
@@ -126,6 +125,7 @@ def always_a_mask(*args: Any, **kwargs: Any) -> Optional[torch.Tensor]:
     return mask.contiguous().clone() if mask is not None else None
 
 
+AttentionInterface.register(IMPLEMENTATION, matmul_attention)
 AttentionMaskInterface.register(IMPLEMENTATION, always_a_mask)
 
 
