@@ -263,7 +263,7 @@ def speed_phase(model_dir: Path, data: dict[str, Path], args: argparse.Namespace
             rows.append(SpeedRow(dataset, runner, timed_rate(run.step_tokens, run.step_seconds), run.padding_share))
         started = time.perf_counter()
         result = run_trainer_child(model_dir, path, None, args.steps, 1.0, args.threads)
-        print(f"HF Trainer + PEFT on {dataset}: {len(result['steps'])} steps, {time.perf_counter() - started:.0f} s with loading", flush=True)
+        print(f"{TRAINER} on {dataset}: {len(result['steps'])} steps, {time.perf_counter() - started:.0f} s with loading", flush=True)
         rows.append(trainer_speed(dataset, result))
     return rows
 

@@ -36,7 +36,6 @@ Anything this does not cover goes to transformers' SDPA function unchanged:
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Optional
 
 import torch
@@ -60,15 +59,6 @@ def is_handled(query: torch.Tensor, key: torch.Tensor, dropout: float, kwargs: d
         and not kwargs.get("output_attentions", False)
         and all(kwargs.get(name) is None for name in _UNHANDLED_ARGUMENTS)
     )
-
-
-def _causal(length: int, device: torch.device) -> torch.Tensor:
-    """(length, length) booleans, True on and below the diagonal."""
-    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
-
-
-# Made once per length, not in every layer of every pass.
-causal_mask = functools.lru_cache(maxsize=8)(_causal)
 
 
 def matmul_attention(
@@ -97,8 +87,8 @@ def matmul_attention(
     kv_heads = key.shape[1]
     groups = heads // kv_heads
     scale = scaling if scaling is not None else head_dim**-0.5
-    if attention_mask is None:  # traced into a compiled graph, the mask is made there (the cache is Python's)
-        attention_mask = _causal(length, query.device) if torch.compiler.is_compiling() else causal_mask(length, query.device)
+    if attention_mask is None:  # not from always_a_mask (a model that builds no mask): plain causal
+        attention_mask = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
     elif attention_mask.dtype != torch.bool:  # an additive float mask: 0 where attending
         attention_mask = attention_mask == 0
     # repeat_kv gives key/value head i to query heads i * groups ... (i + 1) * groups - 1: a reshape groups them.
@@ -122,7 +112,7 @@ def always_a_mask(*args: Any, **kwargs: Any) -> Optional[torch.Tensor]:
     (``jobs/compile.py``). The mask is made once per forward pass, for all layers.
     """
     mask = sdpa_mask(*args, **{**kwargs, "allow_is_causal_skip": False})
-    return mask.contiguous().clone() if mask is not None else None
+    return mask.clone(memory_format=torch.contiguous_format) if mask is not None else None
 
 
 AttentionInterface.register(IMPLEMENTATION, matmul_attention)

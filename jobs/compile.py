@@ -40,6 +40,7 @@ import os
 import shutil
 import time
 import traceback
+from dataclasses import replace
 from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -190,16 +191,15 @@ def _other_row_count(batch: MicroBatch, max_rows: int) -> Optional[MicroBatch]:
     rows compiles again (26 s for SmolLM2's layers on a 2-core x86 box) at the first micro-batch packed into
     one row, in the middle of training, and the other way round. The trial compiles both kinds up front.
     """
-    rows = batch.input_ids.shape[0]
-    if rows > 1:
-        take = lambda tensor: None if tensor is None else tensor[:1]  # noqa: E731
+    if batch.input_ids.shape[0] > 1:
+        rows = [0]
     elif max_rows > 1:
-        take = lambda tensor: None if tensor is None else torch.cat([tensor, tensor])  # noqa: E731
+        rows = [0, 0]
     else:
         return None
-    return MicroBatch(
-        take(batch.input_ids), take(batch.attention_mask), take(batch.labels),
-        batch.next_epoch, batch.next_batch_in_epoch, take(batch.position_ids),
+    return replace(
+        batch, input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows], labels=batch.labels[rows],
+        position_ids=None if batch.position_ids is None else batch.position_ids[rows],
     )
 
 

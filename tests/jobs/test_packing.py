@@ -144,7 +144,7 @@ def test_a_micro_batch_keeps_a_row_per_example_when_rows_would_not_be_smaller(le
     assert pack_micro_batch(lengths, 256) is None
     examples = [TokenizedExample(list(range(1, length + 1)), list(range(1, length + 1))) for length in lengths]
     [batch] = islice(micro_batches(examples, len(lengths), seed=0, pad_token_id=0, pack_capacity=256), 1)
-    padded_ids, padded_mask, _labels = pad_examples([examples[i] for i in range(len(lengths))], pad_token_id=0)
+    padded_ids, _mask, _labels = pad_examples(examples, pad_token_id=0)
     assert batch.input_ids.shape == padded_ids.shape
     assert sorted(batch.input_ids.tolist()) == sorted(padded_ids.tolist())
     assert batch.position_ids is not None, "packed form: positions given, no padding mask"
